@@ -355,14 +355,22 @@ def stage_params(name: str) -> tuple[int, ...]:
 
 
 @lru_cache(maxsize=None)
-def measure_ms_per_image(name: str, batch_size: int = 8) -> float:
-    """Time one forward pass of random images on this machine, in milliseconds per image."""
+def measure_stage_ms(name: str, batch_size: int = 8) -> tuple[float, ...]:
+    """Time each stage's forward pass on random images on this machine, in milliseconds per image."""
     spec = get_spec(name)
     backbone = create_backbone(name, pretrained=False).eval()
     size = spec.preprocessing.input_size
-    images = torch.randn(batch_size, 3, size, size)
+    x = torch.randn(batch_size, 3, size, size)
+    timings = []
     with torch.inference_mode():
-        backbone(images)  # the first call allocates; time the second
-        start = time.perf_counter()
-        backbone(images)
-    return (time.perf_counter() - start) * 1000 / batch_size
+        backbone(x)  # the first call allocates; time the second
+        for stage in backbone.stages:
+            start = time.perf_counter()
+            x = stage(x)
+            timings.append((time.perf_counter() - start) * 1000 / batch_size)
+    return tuple(timings)
+
+
+def measure_ms_per_image(name: str) -> float:
+    """Return the measured forward time of the whole backbone, in milliseconds per image."""
+    return sum(measure_stage_ms(name))

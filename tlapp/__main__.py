@@ -1,0 +1,5 @@
+import sys
+
+from tlapp.cli import main
+
+sys.exit(main())
