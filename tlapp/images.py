@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
-from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError, features
 
 from tlapp.errors import TlappError
 
@@ -30,6 +30,9 @@ try:
     HEIF_SUPPORTED = True
 except ImportError:  # the plugin is optional; HEIC files then get a clear "export as JPEG" reason
     HEIF_SUPPORTED = False
+
+# Pillow decodes AVIF natively when it was built with libavif.
+AVIF_SUPPORTED = features.check("avif")
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO]
 
@@ -266,6 +269,8 @@ def _unidentified_error(data: bytes, name: str) -> ImageError:
     """Explain why Pillow found no image, from the file's leading bytes."""
     head = data[:1024]
     brand = head[8:12] if head[4:8] == b"ftyp" else b""
+    if brand in _HEIF_BRANDS and HEIF_SUPPORTED or brand in _AVIF_BRANDS and AVIF_SUPPORTED:
+        return ImageError(name, _REASON_CORRUPT, hint=_HINT_REEXPORT)
     if brand in _HEIF_BRANDS:
         return ImageError(
             name,
