@@ -332,6 +332,16 @@ def test_big_jpeg_downscaled_to_max_side():
     assert is_reddish(image.getpixel((500, 300)))
 
 
+def test_big_grayscale_png_downscaled():
+    scan = Image.new("L", (3000, 100), 200)
+
+    image = load_rgb(encode(scan, "PNG"), max_side=1024)
+
+    assert image.mode == "RGB"
+    assert image.size == (1024, 34)
+    assert image.getpixel((500, 17)) == (200, 200, 200)
+
+
 def test_max_side_none_keeps_size():
     image = load_rgb(encode(Image.new("RGB", (1500, 10), RED), "PNG"), max_side=None)
 

@@ -34,7 +34,9 @@ logger = logging.getLogger(__name__)
 MIN_IMAGES_PER_CLASS = 2  # one for training, one for validation
 FEW_IMAGES_WARNING = 5  # classes with fewer usable images get a warning
 IMBALANCE_RATIO_WARNING = 5  # largest / smallest class size that triggers a warning
-INGEST_MAX_SIDE = 256  # decode size for the ingestion check; JPEG decodes at reduced scale
+# Decode size for the ingestion check. JPEG then decodes at 1/8 scale, which still reads every
+# byte of the data (so truncation is found) and is about 3x faster than 256 px on ants/bees photos.
+INGEST_MAX_SIDE = 64
 
 TRAIN_FOLDER_NAMES = ("train", "training")
 VAL_FOLDER_NAMES = ("val", "valid", "validation")
@@ -221,16 +223,22 @@ def _extract_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path
             ) from None
         raise
     except NotImplementedError as exc:
-        target.unlink(missing_ok=True)
+        _remove_partial_file(target)
         return f"unsupported zip compression ({exc})"
     except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
-        target.unlink(missing_ok=True)
+        _remove_partial_file(target)
         logger.warning("Corrupt entry %s in %s: %s", info.filename, zip_path, exc)
         return "corrupt entry in zip"
     except OSError as exc:
-        target.unlink(missing_ok=True)
+        _remove_partial_file(target)
         return f"cannot be extracted ({exc.strerror or exc})"
     return None
+
+
+def _remove_partial_file(target: Path) -> None:
+    # The target may be a folder when the zip names one path both as a file and as a folder.
+    if target.is_file():
+        target.unlink()
 
 
 def _check_disk_space(zip_path: Path, entries: list[zipfile.ZipInfo], dest: Path) -> None:
@@ -339,7 +347,7 @@ def _scan(base: Path, report: DatasetReport) -> _Scan:
         folders, files = _visible_children(level, report)
         image_files = [f for f in files if images.has_image_extension(f)]
         # A single folder with no images beside it is a wrapper ("my_shapes/" or
-        # "Downloads/my_shapes/"), unless it contains only images and is the one class.
+        # "Downloads/my_shapes/"), unless it has no subfolders: then it is the only class.
         if len(folders) == 1 and not image_files and _has_subfolders(folders[0]):
             _skip_loose_files(files, base, report)
             level = folders[0]
@@ -677,9 +685,8 @@ def _raise_if_unusable(
 def _raise_if_class_lacks_training_images(report: DatasetReport) -> None:
     missing = [label for label, n in report.split_counts["train"].items() if n == 0]
     if missing:
-        names = ", ".join(f"'{label}'" for label in missing)
         raise DatasetError(
-            f"Class {names} has images for validation but none for training.",
+            f"{_classes_phrase(missing)} images for validation but none for training.",
             "Add training images in a folder of that name under the training folder, or remove the class.",
             report,
         )
