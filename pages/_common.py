@@ -1,0 +1,154 @@
+"""Helpers every page shares: the workspace, engine error display, prerequisites, cached loads."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import streamlit as st
+from PIL import Image
+
+from tlapp.datasets import ImageCollection, load_collection
+from tlapp.errors import TlappError
+from tlapp.events import EpochEnd, to_dict
+from tlapp.images import ImageError, load_rgb
+from tlapp.jobs import get_manager
+from tlapp.runs import read_events
+from tlapp.workspace import Workspace, dataset_fingerprint, is_valid_workspace_id, new_workspace_id
+
+log = logging.getLogger("tlapp.app")
+
+HOME = "pages/home.py"
+DATA = "pages/data.py"
+TRAIN = "pages/train.py"
+EVALUATE = "pages/evaluate.py"
+PREDICT = "pages/predict.py"
+
+THUMBNAIL_SIDE = 192
+
+
+def workspace() -> Workspace:
+    """Return this browser's workspace, keeping its id in the page address (``?ws=``).
+
+    The address survives a reload; session state bridges page switches from the sidebar,
+    which drop query parameters.
+    """
+    workspace_id = st.query_params.get("ws")
+    if not is_valid_workspace_id(workspace_id):
+        workspace_id = st.session_state.get("ws")
+    if not is_valid_workspace_id(workspace_id):
+        workspace_id = new_workspace_id()
+        log.info("new workspace %s", workspace_id)
+    st.session_state["ws"] = workspace_id
+    if st.query_params.get("ws") != workspace_id:
+        st.query_params["ws"] = workspace_id
+    return Workspace(workspace_id)
+
+
+def link(page: str, label: str, icon: str | None = None) -> None:
+    """Show a link to another page that keeps the workspace id in the address."""
+    st.page_link(page, label=label, icon=icon, query_params={"ws": st.session_state.get("ws", "")})
+
+
+def show_error(error: TlappError) -> None:
+    """Show a user error: what is wrong, then what to do."""
+    text = f"{error.message}\n\n{error.hint}" if error.hint else error.message
+    st.error(text, icon=":material/error:")
+
+
+@contextmanager
+def engine_errors(action: str, stop: bool = True) -> Iterator[None]:
+    """Show errors of the engine calls inside the block instead of a traceback.
+
+    A TlappError is shown with its hint. Any other exception is logged with its traceback and
+    shown as a short message naming ``action`` (e.g. "loading the dataset"). With ``stop`` the
+    page ends there; otherwise the page continues after the block.
+    """
+    try:
+        yield
+    except TlappError as error:
+        show_error(error)
+        if stop:
+            st.stop()
+    except Exception:
+        log.exception("unexpected error while %s", action)
+        st.error(
+            f"Something went wrong while {action}. The details are in the server log; "
+            "try again, and tell the instructor if it happens again.",
+            icon=":material/error:",
+        )
+        if stop:
+            st.stop()
+
+
+def require(condition: bool, message: str, page: str, label: str) -> None:
+    """End the page with ``message`` and a link to ``page`` unless ``condition`` holds."""
+    if condition:
+        return
+    st.info(message, icon=":material/info:")
+    link(page, label, icon=":material/arrow_forward:")
+    st.stop()
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _load_collection_cached(path: str, fingerprint: tuple) -> ImageCollection:
+    return load_collection(path)
+
+
+def load_dataset(path: Path) -> ImageCollection:
+    """Load a dataset with the engine, cached until a file in it changes.
+
+    Raises DatasetError (not cached) like ``load_collection``.
+    """
+    return _load_collection_cached(str(path), dataset_fingerprint(path))
+
+
+@st.cache_resource(max_entries=2048, show_spinner=False)
+def _thumbnail_cached(path: str, modified: float, max_side: int) -> Image.Image | None:
+    try:
+        return load_rgb(path, max_side=max_side)
+    except ImageError as error:
+        log.info("no thumbnail for %s: %s", path, error.reason)
+        return None
+
+
+def thumbnail(path: str | Path, max_side: int = THUMBNAIL_SIDE) -> Image.Image | None:
+    """Return a small RGB copy of an image file, or None when it cannot be read (any more)."""
+    try:
+        modified = Path(path).stat().st_mtime
+    except OSError:
+        return None
+    return _thumbnail_cached(str(path), modified, max_side)
+
+
+def epoch_history(run_dir: Path) -> list[dict]:
+    """Return the EpochEnd records of a run so far, from its live job or its events.jsonl."""
+    job = get_manager().latest(run_dir)
+    events = job.events if job is not None else read_events(run_dir)
+    return [to_dict(event) for event in events if isinstance(event, EpochEnd) and not event.series]
+
+
+def format_seconds(seconds: float | None) -> str:
+    """Return a duration as "45 s", "3 min 20 s" or "1 h 05 min"."""
+    if seconds is None:
+        return "unknown"
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def image_grid(items: list[tuple[Image.Image | None, str]], columns: int = 6) -> None:
+    """Show images with captions in rows of ``columns``; a None image shows its caption only."""
+    for start in range(0, len(items), columns):
+        cells = st.columns(columns)
+        for cell, (image, caption) in zip(cells, items[start : start + columns]):
+            with cell:
+                if image is None:
+                    st.caption(f"(cannot show) {caption}")
+                else:
+                    st.image(image, caption=caption, width="stretch")

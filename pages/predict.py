@@ -1,0 +1,119 @@
+"""Predict: classify new photos (uploaded or from the camera) with a trained run."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from pages._common import TRAIN, engine_errors, require, workspace
+from tlapp.charts import top_classes_figure
+from tlapp.images import IMAGE_EXTENSIONS, ImageError, load_rgb
+from tlapp.runs import Run, list_runs, load_predictor
+
+UPLOAD_TYPES = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
+TOP_CLASSES = 5
+MAX_CHARTS = 20  # beyond this many photos, only the table shows them
+
+
+def choose_run(runs: list[Run]) -> Run:
+    names = [run.name for run in runs]
+    preferred = st.session_state.get("train_run")
+    name = st.selectbox(
+        "Run",
+        names,
+        index=names.index(preferred) if preferred in names else 0,
+        key="predict_run",
+        format_func=lambda key: _run_label(runs[names.index(key)]),
+    )
+    return runs[names.index(name)]
+
+
+def _run_label(run: Run) -> str:
+    accuracy = run.metrics.get("val_accuracy")
+    suffix = f", validation accuracy {accuracy:.1%}" if accuracy is not None else ""
+    return f"{run.name} ({run.info.get('backbone')}{suffix})"
+
+
+def collect_inputs() -> list:
+    """Return the uploaded files and the camera photo (Streamlit UploadedFile objects)."""
+    upload_tab, camera_tab = st.tabs(["Upload photos", "Take a photo"])
+    with upload_tab:
+        uploaded = st.file_uploader("Photos to classify", type=UPLOAD_TYPES, accept_multiple_files=True, key="predict_files")
+    with camera_tab:
+        photo = st.camera_input("Camera", key="predict_camera")
+    return [*(uploaded or []), *([photo] if photo is not None else [])]
+
+
+def decode(files: list) -> tuple[list, list[str]]:
+    """Decode each file; show an error naming each unreadable one and return the rest."""
+    images, names = [], []
+    for file in files:
+        try:
+            images.append(load_rgb(file, name=file.name))
+            names.append(file.name)
+        except ImageError as error:
+            hint = f" {error.hint}" if error.hint else ""
+            st.error(f"{file.name} was not classified: {error.reason}.{hint}", icon=":material/error:")
+    return images, names
+
+
+def show_predictions(images: list, names: list[str], predictions: list[list[tuple[str, float]]]) -> None:
+    for index, (image, name, ranked) in enumerate(zip(images, names, predictions)):
+        if index == MAX_CHARTS:
+            st.caption(f"The table below has the other {len(images) - MAX_CHARTS} photos.")
+            break
+        columns = st.columns([1, 2], vertical_alignment="center")
+        columns[0].image(image, caption=name, width="stretch")
+        with columns[1]:
+            label, probability = ranked[0]
+            st.markdown(f"**{label}** ({probability:.1%})")
+            st.plotly_chart(top_classes_figure(ranked[:TOP_CLASSES]), key=f"prediction_{index}")
+
+
+def show_table(names: list[str], predictions: list[list[tuple[str, float]]], classes: list[str]) -> None:
+    rows = []
+    for name, ranked in zip(names, predictions):
+        probabilities = dict(ranked)
+        rows.append(
+            {
+                "file": name,
+                "predicted class": ranked[0][0],
+                "probability": ranked[0][1],
+                **{f"p({label})": probabilities.get(label, 0.0) for label in classes},
+            }
+        )
+    table = pd.DataFrame(rows)
+    st.dataframe(table, hide_index=True, width="stretch", column_config={"probability": st.column_config.NumberColumn(format="percent")})
+    st.download_button(
+        "Download the table (CSV)",
+        table.to_csv(index=False).encode("utf-8"),
+        file_name="predictions.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        key="predict_download",
+    )
+
+
+ws = workspace()
+st.title("4. Predict")
+st.markdown("Classify photos the model has never seen. The photo is prepared exactly as during training.")
+with engine_errors("reading the runs"):
+    runs = [run for run in list_runs(ws.runs_dir) if run.task == "classification" and run.finished]
+require(bool(runs), "No trained model yet: train one first.", TRAIN, "Go to 2. Train")
+run = choose_run(runs)
+st.caption(f"Classes: {', '.join(run.classes)}")
+files = collect_inputs()
+if not files:
+    st.info("Upload photos or take one with the camera.", icon=":material/info:")
+    st.stop()
+
+with st.spinner("Loading the model..."), engine_errors("loading the model"):
+    predictor = load_predictor(run.path)
+images, names = decode(files)
+if not images:
+    st.stop()
+with st.spinner(f"Classifying {len(images)} photos..."), engine_errors("classifying the photos"):
+    predictions = predictor.predict(images, names, top=len(predictor.classes))
+show_predictions(images, names, predictions)
+if len(images) > 1:
+    show_table(names, predictions, predictor.classes)

@@ -1,0 +1,344 @@
+"""Train: choose a backbone and how much of it to freeze, start a run, watch it learn, compare runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+import torch
+
+from pages._common import (
+    DATA,
+    EVALUATE,
+    engine_errors,
+    epoch_history,
+    format_seconds,
+    link,
+    load_dataset,
+    require,
+    show_error,
+    workspace,
+)
+from tlapp import backbones
+from tlapp.charts import curves_figure, stages_figure
+from tlapp.datasets import ImageCollection
+from tlapp.errors import TlappError
+from tlapp.events import EpochEnd, Failed, Message, Progress
+from tlapp.images import load_rgb
+from tlapp.jobs import FINAL_STATUSES, INTERRUPTED, Job, get_manager, run_status
+from tlapp.runs import load_run
+from tlapp.training import TrainConfig, estimate_train_seconds, train_classifier
+from tlapp.workspace import Workspace
+
+LEARNING_RATES = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+BATCH_SIZES = [8, 16, 32, 64]
+PREVIEW_VIEWS = 6
+REFRESH_SECONDS = 1.5
+
+WEIGHTS_STATUS = {
+    "bundled": "bundled with the app (works offline)",
+    "cached": "downloaded already (works offline)",
+    "download": "downloaded on first use (needs internet)",
+    "missing": "missing: its weights package is not installed",
+}
+STATUS_LABELS = {
+    "queued": "waiting in the queue",
+    "running": "running",
+    "done": "finished",
+    "stopped": "stopped",
+    "failed": "failed",
+    INTERRUPTED: "interrupted (the server restarted)",
+}
+
+
+def choose_backbone() -> backbones.BackboneSpec:
+    names = list(backbones.REGISTRY)
+    name = st.selectbox(
+        "Backbone (the pretrained network)",
+        names,
+        index=names.index(backbones.DEFAULT_BACKBONE),
+        format_func=lambda key: f"{key}: {backbones.REGISTRY[key].description}",
+        key="train_backbone",
+    )
+    spec = backbones.get_spec(name)
+    with st.spinner(f"Measuring {name} on this server (once)..."), engine_errors(f"measuring {name}"):
+        stage_ms = backbones.measure_stage_ms(name)  # cached per process
+    columns = st.columns(4)
+    columns[0].metric("Parameters", f"{spec.num_params / 1e6:.1f} M")
+    columns[1].metric("Input size", f"{spec.preprocessing.input_size} px")
+    columns[2].metric("Speed on this server", f"{sum(stage_ms):.0f} ms/image", help="One forward pass on this server's CPU, measured on random images.")
+    columns[3].metric("Stages", spec.num_stages)
+    status = spec.weights.status()
+    st.caption(f"ImageNet weights: {WEIGHTS_STATUS.get(status, status)}.")
+    return spec
+
+
+def choose_freezing(spec: backbones.BackboneSpec, num_classes: int) -> tuple[bool, int]:
+    """Show the from-scratch switch and the freeze slider; return (pretrained, frozen stages)."""
+    scratch = st.checkbox(
+        "Train from scratch (random weights, no ImageNet knowledge)",
+        key="train_scratch",
+        help="For comparison: without pretrained weights there is nothing worth freezing, so every stage trains.",
+    )
+    if scratch:
+        st.caption(
+            "From scratch, every stage starts from random numbers and has to learn edges and textures from your "
+            "photos alone: expect much lower accuracy with a few hundred photos, and a slow run."
+        )
+    frozen = st.slider(
+        "Stages to freeze",
+        min_value=0,
+        max_value=spec.num_stages,
+        value=0 if scratch else spec.num_stages,
+        disabled=scratch,
+        key=f"train_freeze_{spec.name}_{scratch}",
+        help="Frozen stages keep their ImageNet weights. The rest, and the new head, learn from your photos.",
+    )
+    with engine_errors(f"counting the parameters of {spec.name}"):
+        per_stage = backbones.stage_params(spec.name)
+    head = spec.num_features * num_classes + num_classes
+    trainable = head + (0 if frozen == spec.num_stages else spec.num_params - sum(per_stage[:frozen]))
+    total = spec.num_params + head
+    st.caption(
+        f"Training **{trainable:,}** of {total:,} parameters ({trainable / total:.1%}). "
+        + _freezing_advice(frozen, spec.num_stages, scratch)
+    )
+    st.plotly_chart(stages_figure(spec.stage_names, per_stage, frozen, head), key="stages_figure")
+    return not scratch, frozen
+
+
+def _freezing_advice(frozen: int, num_stages: int, scratch: bool) -> str:
+    if scratch:
+        return "Nothing is frozen."
+    if frozen == num_stages:
+        return "Only the new head learns: fast, and usually enough for a few hundred photos."
+    if frozen == 0:
+        return "Fine-tuning everything: slowest, needs more photos, and can overfit."
+    return "The later stages adapt to your photos; the early ones keep general ImageNet features."
+
+
+def choose_training(spec: backbones.BackboneSpec) -> dict:
+    columns = st.columns(3)
+    epochs = columns[0].slider("Epochs", 1, 50, 10, key="train_epochs", help="How many times training sees every photo.")
+    learning_rate = columns[1].select_slider(
+        "Learning rate", LEARNING_RATES, value=1e-3, key="train_lr",
+        format_func=lambda value: f"{value:g}",
+        help="Step size of the new head; fine-tuned stages use a tenth of it.",
+    )
+    batch_size = columns[2].select_slider("Batch size", BATCH_SIZES, value=32, key="train_batch", help="Photos per training step.")
+    augment = st.checkbox(
+        "Augmentation: train on random crops, flips and colour changes",
+        key="train_augment",
+        help="Helps when you have few photos; caching the frozen stages takes a few times longer.",
+    )
+    return {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "augment": augment}
+
+
+def show_augmentation_preview(spec: backbones.BackboneSpec, collection: ImageCollection) -> None:
+    with st.expander("Preview augmentation on one training photo"):
+        sample = collection.train[0]
+        with engine_errors("preparing the preview", stop=False):
+            image = load_rgb(sample.path, max_side=spec.preprocessing.resize_size * 2)
+            transform = spec.preprocessing.train_transform()
+            views = [_denormalise(transform(image), spec.preprocessing) for _ in range(PREVIEW_VIEWS)]
+            st.caption(f"{sample.relpath}: each epoch sees a different random version of every photo.")
+            st.image(views, width=150)
+
+
+def _denormalise(tensor: torch.Tensor, preprocessing: backbones.Preprocessing) -> np.ndarray:
+    """Undo the normalisation so a model input can be shown as a picture (H x W x 3 in 0..1)."""
+    mean = torch.tensor(preprocessing.mean).view(3, 1, 1)
+    std = torch.tensor(preprocessing.std).view(3, 1, 1)
+    return (tensor * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def start_run(ws: Workspace, dataset: Path, config: TrainConfig) -> None:
+    with engine_errors("starting the run"):
+        config.validate()
+        run_dir = ws.new_run_dir(config.backbone)
+        get_manager().submit(
+            "train", run_dir, lambda stop: train_classifier(dataset, config, run_dir, stop), owner=ws.id
+        )
+    st.session_state["train_run"] = run_dir.name
+
+
+def current_run(ws: Workspace) -> Path | None:
+    """Return the run to follow: this workspace's active job, else the last started, else the newest."""
+    for job in get_manager().jobs(owner=ws.id):
+        if job.active:
+            return job.run_dir
+    name = st.session_state.get("train_run")
+    if name and (ws.runs_dir / name).is_dir():
+        return ws.runs_dir / name
+    runs = ws.run_dirs()
+    return runs[0] if runs else None
+
+
+def show_live_run(ws: Workspace, run_dir: Path) -> None:
+    """Draw the followed run; while its job is active, redraw every REFRESH_SECONDS."""
+    job = get_manager().latest(run_dir)
+    active = job is not None and job.active
+
+    @st.fragment(run_every=REFRESH_SECONDS if active else None)
+    def live() -> None:
+        status = run_status(run_dir)
+        if active and status in FINAL_STATUSES:
+            st.rerun(scope="app")  # the whole page changes: Start button, runs table
+        draw_run(run_dir, job, status)
+
+    live()
+
+
+def draw_run(run_dir: Path, job: Job | None, status: str) -> None:
+    events = job.events if job is not None else []
+    history = epoch_history(run_dir)
+    st.markdown(f"**Run {run_dir.name}**: {STATUS_LABELS.get(status, status)}")
+
+    if job is not None and job.active:
+        position = job.queue_position
+        if position:
+            st.info(f"Another participant's model is training. Yours is number {position} in the queue and starts automatically.", icon=":material/hourglass_top:")
+        draw_progress(events)
+        if st.button("Stop", key="train_stop", icon=":material/stop_circle:", help="Stops after the current batch and keeps the best epoch so far."):
+            job.stop()
+            st.toast("Stopping after the current batch...")
+
+    for event in events:
+        if isinstance(event, Message) and event.level == "warning":
+            st.warning(event.text, icon=":material/warning:")
+    failed = next((event for event in reversed(events) if isinstance(event, Failed)), None)
+    if failed is not None:
+        show_error(TlappError(failed.message, failed.hint))
+    if history:
+        st.plotly_chart(curves_figure({run_dir.name: history}), key="live_curves")
+    if status in ("done", "stopped") and (run_dir / "metrics.json").is_file():
+        draw_result(run_dir)
+    elif status == INTERRUPTED:
+        st.caption("This run never finished. Start a new one; this folder can be deleted below.")
+
+
+def draw_progress(events: list) -> None:
+    progress = next((event for event in reversed(events) if isinstance(event, Progress)), None)
+    last_epoch = next((event for event in reversed(events) if isinstance(event, EpochEnd)), None)
+    if progress is None:
+        st.progress(0.0, text="Loading the dataset and the backbone...")
+        return
+    fraction = progress.done / progress.total if progress.total else 0.0
+    steps = {
+        "download": "Downloading the ImageNet weights",
+        "decode": "Reading the photos",
+        "features": "Running the frozen stages once per photo (caching their features)",
+        "train": f"Training: {progress.message}",
+        "evaluate": "Evaluating the best epoch",
+    }
+    text = steps.get(progress.stage, progress.message or progress.stage)
+    if progress.eta is not None:
+        text += f" · about {format_seconds(progress.eta)} left"
+    if last_epoch is not None and progress.stage == "train":
+        text += f" · last validation accuracy {last_epoch.val_accuracy:.1%}"
+    st.progress(min(1.0, fraction), text=text)
+
+
+def draw_result(run_dir: Path) -> None:
+    with engine_errors("reading the run", stop=False):
+        run = load_run(run_dir)
+        metrics = run.metrics
+        columns = st.columns(4)
+        columns[0].metric("Validation accuracy", f"{metrics['val_accuracy']:.1%}")
+        columns[1].metric("Balanced accuracy", f"{metrics['balanced_accuracy']:.1%}")
+        columns[2].metric("Best epoch", f"{metrics['best_epoch']} of {metrics['epochs_run']}")
+        columns[3].metric("Training time", format_seconds(metrics["train_seconds"]))
+        link(EVALUATE, "Next: see what it gets right and wrong", icon=":material/arrow_forward:")
+
+
+def show_runs(ws: Workspace) -> None:
+    run_dirs = ws.run_dirs()
+    if not run_dirs:
+        return
+    st.header("All runs")
+    rows = [_run_row(run_dir) for run_dir in run_dirs]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
+        "validation accuracy": st.column_config.NumberColumn(format="percent"),
+    })
+
+    names = [run_dir.name for run_dir in run_dirs]
+    with_curves = [name for name in names if epoch_history(ws.runs_dir / name)]
+    compared = st.multiselect("Compare the curves of runs", with_curves, default=with_curves[:2], key="train_compare")
+    if compared:
+        histories = {name: epoch_history(ws.runs_dir / name) for name in compared}
+        st.plotly_chart(curves_figure(histories), key="compare_curves")
+
+    with st.expander("Delete a run"):
+        finished = [name for name in names if get_manager().active(ws.runs_dir / name) is None]
+        name = st.selectbox("Run", finished, key="train_delete_pick")
+        if name and st.button("Delete this run", key="train_delete", icon=":material/delete:"):
+            with engine_errors("deleting the run"):
+                ws.delete_run(name)
+            st.rerun()
+
+
+def _run_row(run_dir: Path) -> dict:
+    row = {"run": run_dir.name, "status": STATUS_LABELS.get(run_status(run_dir), "")}
+    try:
+        run = load_run(run_dir)
+    except (TlappError, ValueError, OSError):
+        return row
+    config = run.info.get("config", {})
+    row.update(
+        {
+            "backbone": run.info.get("backbone"),
+            "pretrained": config.get("pretrained"),
+            "frozen stages": run.info.get("frozen_stages"),
+            "epochs": run.metrics.get("epochs_run"),
+            "augmentation": config.get("augment"),
+            "validation accuracy": run.metrics.get("val_accuracy"),
+            "training time": format_seconds(run.metrics.get("train_seconds")),
+        }
+    )
+    return row
+
+
+ws = workspace()
+st.title("2. Train")
+choice = ws.selected_dataset()
+require(choice is not None, "Choose a dataset first.", DATA, "Go to 1. Data")
+with st.spinner(f"Checking the dataset '{choice.name}'..."):
+    try:
+        collection = load_dataset(choice.path)
+    except TlappError as error:
+        show_error(error)
+        require(False, "Fix the dataset or choose another one.", DATA, "Go to 1. Data")
+
+st.markdown(
+    f"Dataset **{choice.label}**: {len(collection.train)} training and {len(collection.val)} validation photos "
+    f"in {len(collection.classes)} classes."
+)
+settings, explanation = st.columns([1, 1], gap="large")
+with settings:
+    spec = choose_backbone()
+    pretrained, frozen = choose_freezing(spec, len(collection.classes))
+with explanation:
+    options = choose_training(spec)
+    show_augmentation_preview(spec, collection)
+    with engine_errors("estimating the training time", stop=False):
+        estimate = estimate_train_seconds(
+            spec.name, frozen, len(collection.train) + len(collection.val), options["epochs"], options["augment"]
+        )
+        st.metric("Estimated training time", format_seconds(estimate), help="Estimated from the measured speed of each stage; reading the photos adds to it.")
+
+busy = [job for job in get_manager().jobs(owner=ws.id) if job.active]
+if st.button("Start training", type="primary", icon=":material/play_arrow:", disabled=bool(busy), key="train_start"):
+    config = TrainConfig(backbone=spec.name, pretrained=pretrained, freeze=frozen, **options)
+    start_run(ws, choice.path, config)
+    st.rerun()
+if busy:
+    st.caption("One run at a time per workspace: wait for this one or stop it.")
+
+st.divider()
+followed = current_run(ws)
+if followed is not None:
+    st.header("Current run")
+    show_live_run(ws, followed)
+show_runs(ws)
