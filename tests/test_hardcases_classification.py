@@ -140,8 +140,8 @@ def test_h14_uppercase_extensions(tmp_path):
 def test_h16_all_formats_decoded(tmp_path):
     report = load("H16_other_formats/dataset_mixed_formats.zip", tmp_path).report
 
-    # The .jfif and .jpe files of each class are byte-identical copies, so one of each pair
-    # is counted once and listed as a duplicate; every other format is used.
+    # The .jfif and .jpe files of each class are byte-identical, so each pair counts once and
+    # the copy is listed as a duplicate. Every other format is used.
     assert report.skipped == [
         {"file": "circle/circle_windows_download.jfif", "reason": "duplicate of circle/circle_ext_jpe.jpe"},
         {"file": "square/square_windows_download.jfif", "reason": "duplicate of square/square_ext_jpe.jpe"},
