@@ -43,6 +43,8 @@ class FeatureCache:
 
 def boundary_shape(backbone: Backbone, boundary: int, input_size: int) -> tuple[int, ...]:
     """Return the shape of one image's activations after ``boundary`` stages (pooled after the last)."""
+    # Eval mode: a forward pass in train mode would update BatchNorm statistics with this dummy input.
+    backbone.eval()
     with torch.inference_mode():
         x = torch.zeros(1, 3, input_size, input_size)
         x = backbone.forward_stages(x, 0, boundary)
