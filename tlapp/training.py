@@ -6,12 +6,12 @@ stores them for the pages, and tests assert on them.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -223,9 +223,14 @@ def predict_cached(model: Classifier, cache: FeatureCache, batch_size: int = 64)
     )
 
 
-def _trainable_state(model: Classifier) -> dict[str, torch.Tensor]:
-    """Copy the parameters and buffers that training can change (all of them when nothing is frozen)."""
-    return copy.deepcopy(model.state_dict())
+def _trainable_state(model: Classifier, frozen: int) -> dict[str, torch.Tensor]:
+    """Copy the parameters and buffers that training can change: all but the frozen stages'."""
+    frozen_prefixes = tuple(f"backbone.stages.{index}." for index in range(frozen))
+    return {
+        key: value.detach().clone()
+        for key, value in model.state_dict().items()
+        if not key.startswith(frozen_prefixes)
+    }
 
 
 def _dataset_messages(collection: ImageCollection) -> Iterator[Message]:
@@ -286,14 +291,17 @@ def _train_steps(
     if not config.pretrained:
         yield Message(f"{spec.name} starts from random weights: expect much lower accuracy than pretrained.", "warning")
 
-    # Model and cache plan.
-    downloads: list[Progress] = []
+    # Model: building it may download weights, so it runs in a thread while progress is reported.
+    latest: list[Progress] = []
 
     def on_download(done: int, total: int) -> None:
-        downloads.append(Progress("download", done, total, clock.elapsed, message=f"downloading {spec.weights.filename}"))
+        latest[:] = [Progress("download", done, total, clock.elapsed, message=f"downloading {spec.weights.filename}")]
 
-    model, frozen = build_classifier(config, len(collection.classes), progress=on_download)
-    yield from downloads[-1:]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        building = pool.submit(build_classifier, config, len(collection.classes), on_download)
+        while not wait([building], timeout=PROGRESS_INTERVAL).done:
+            yield from latest
+        model, frozen = building.result()
     trainable, total = bb.count_params(model)
     yield Message(
         f"{spec.name}: {frozen} of {spec.num_stages} stages frozen; training {trainable:,} of {total:,} parameters."
@@ -391,7 +399,7 @@ def _fit(
         key = (val_accuracy, -val_loss)
         is_best = best_key is None or key > best_key
         if is_best:
-            best_state, best_key, best_epoch = _trainable_state(model), key, epoch
+            best_state, best_key, best_epoch = _trainable_state(model, frozen), key, epoch
         per_epoch = (clock.elapsed - fit_started) / epoch
         event = EpochEnd(
             epoch=epoch, epochs=config.epochs,
@@ -411,7 +419,7 @@ def _fit(
         return
 
     # Evaluate the best epoch and write the run folder.
-    model.load_state_dict(best_state)
+    model.load_state_dict(best_state, strict=False)
     yield Progress("evaluate", 0, 1, clock.elapsed, message="evaluating the best epoch")
     val_logits = predict_cached(model, val_cache)
     evaluation = evaluate_predictions(val_logits, val_labels, collection.classes, collection.val)
