@@ -29,12 +29,37 @@ PREDICT = "pages/predict.py"
 THUMBNAIL_SIDE = 192
 
 
+def _leave_pages_directory_mode() -> None:
+    """Rerun through app.py when Streamlit ran this page without it.
+
+    A Streamlit server started beside a ``pages/`` folder runs a requested page (``/data``)
+    directly, without the entry script, until some session has called ``st.navigation``. The
+    page would then show a sidebar listing every file of ``pages/`` and miss app.py's layout
+    and logging, so the first such page sets the flag that ``st.navigation`` would have set and
+    reruns. AppTest resets the flag before every run, and a rerun there would drop the
+    simulated clicks, so under AppTest the page just carries on.
+    """
+    # NOTE: PagesManager.uses_pages_directory and global.appTest are Streamlit internals
+    # (checked in 1.67). If they change, pages still work, with the file-list sidebar.
+    try:
+        from streamlit import config
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:
+        return
+    if not getattr(PagesManager, "uses_pages_directory", False) or config.get_option("global.appTest"):
+        return
+    log.info("page opened before app.py ran; rerunning through app.py's navigation")
+    PagesManager.uses_pages_directory = False
+    st.rerun()
+
+
 def workspace() -> Workspace:
     """Return this browser's workspace, keeping its id in the page address (``?ws=``).
 
     The address survives a reload; session state bridges page switches from the sidebar,
-    which drop query parameters.
+    which drop query parameters. Every page calls this first.
     """
+    _leave_pages_directory_mode()
     workspace_id = st.query_params.get("ws")
     if not is_valid_workspace_id(workspace_id):
         workspace_id = st.session_state.get("ws")

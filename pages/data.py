@@ -15,6 +15,7 @@ from tlapp.workspace import WORKSPACE, DatasetChoice, Workspace
 UPLOAD_TYPES = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
 EXAMPLES_PER_CLASS = 6
 NEW_DATASET = "New dataset"
+ZIP_TAB, BUILDER_TAB, LIBRARY_TAB = TABS = ("Upload a zip", "Build class by class", "Instructor's library")
 
 
 def bump(counter: str) -> None:
@@ -61,8 +62,9 @@ def show_class_builder(ws: Workspace) -> None:
 
     with st.form("new_class", clear_on_submit=True, border=False):
         columns = st.columns([3, 1], vertical_alignment="bottom")
-        class_name = columns[0].text_input("New class name", placeholder="for example: cats")
-        if columns[1].form_submit_button("Add class", icon=":material/add:") and class_name.strip():
+        class_name = columns[0].text_input("New class name", placeholder="for example: cats", key="builder_class_name")
+        added = columns[1].form_submit_button("Add class", icon=":material/add:", key="builder_add_class")
+        if added and class_name.strip():
             with engine_errors("creating the class", stop=False):
                 label = ws.create_class(dataset, class_name)
                 st.session_state["builder_pending"] = ws.dataset_dir(dataset).name
@@ -215,13 +217,17 @@ ws = workspace()
 st.title("1. Data")
 st.markdown("Give the app labelled photos: one class per kind of thing to recognise. Choose one of three ways in.")
 show_notices()
-zip_tab, builder_tab, library_tab = st.tabs(["Upload a zip", "Build class by class", "Instructor's library"])
-with zip_tab:
-    show_zip_upload(ws)
-with builder_tab:
-    show_class_builder(ws)
-with library_tab:
-    show_library(ws)
+# Tabs with a key keep the open tab across reruns (after an upload, for example) and run only its code.
+zip_tab, builder_tab, library_tab = st.tabs(TABS, key="data_tab", on_change="rerun")
+if zip_tab.open:
+    with zip_tab:
+        show_zip_upload(ws)
+if builder_tab.open:
+    with builder_tab:
+        show_class_builder(ws)
+if library_tab.open:
+    with library_tab:
+        show_library(ws)
 
 st.divider()
 st.header("Your dataset")

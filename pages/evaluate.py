@@ -85,7 +85,8 @@ def show_confusion(run: Run) -> None:
     true, predicted = classes.index(true_label), classes.index(predicted_label)
     samples = cell_samples(evaluation, true, predicted)
     verdict = "correct" if true == predicted else "mistakes"
-    st.markdown(f"**{len(samples)} photos of {true_label} predicted as {predicted_label}** ({verdict})")
+    photos = "photo" if len(samples) == 1 else "photos"
+    st.markdown(f"**{len(samples)} {photos} of {true_label} predicted as {predicted_label}** ({verdict})")
     show_gallery(samples, classes)
 
 

@@ -63,7 +63,7 @@ def show_predictions(images: list, names: list[str], predictions: list[list[tupl
             st.caption(f"The table below has the other {len(images) - MAX_CHARTS} photos.")
             break
         columns = st.columns([1, 2], vertical_alignment="center")
-        columns[0].image(image, caption=name, width="stretch")
+        columns[0].image(image, caption=name, width=320)
         with columns[1]:
             label, probability = ranked[0]
             st.markdown(f"**{label}** ({probability:.1%})")
@@ -83,7 +83,9 @@ def show_table(names: list[str], predictions: list[list[tuple[str, float]]], cla
             }
         )
     table = pd.DataFrame(rows)
-    st.dataframe(table, hide_index=True, width="stretch", column_config={"probability": st.column_config.NumberColumn(format="percent")})
+    percent = st.column_config.NumberColumn(format="percent")
+    formats = {"probability": percent, **{f"p({label})": percent for label in classes}}
+    st.dataframe(table, hide_index=True, width="stretch", column_config=formats)
     st.download_button(
         "Download the table (CSV)",
         table.to_csv(index=False).encode("utf-8"),

@@ -65,11 +65,12 @@ def choose_backbone() -> backbones.BackboneSpec:
     spec = backbones.get_spec(name)
     with st.spinner(f"Measuring {name} on this server (once)..."), engine_errors(f"measuring {name}"):
         stage_ms = backbones.measure_stage_ms(name)  # cached per process
-    columns = st.columns(4)
+    columns = st.columns(2)
     columns[0].metric("Parameters", f"{spec.num_params / 1e6:.1f} M")
     columns[1].metric("Input size", f"{spec.preprocessing.input_size} px")
-    columns[2].metric("Speed on this server", f"{sum(stage_ms):.0f} ms/image", help="One forward pass on this server's CPU, measured on random images.")
-    columns[3].metric("Stages", spec.num_stages)
+    columns = st.columns(2)
+    columns[0].metric("Speed on this server", f"{sum(stage_ms):.0f} ms per photo", help="One forward pass on this server's CPU, measured on random images.")
+    columns[1].metric("Stages", spec.num_stages)
     status = spec.weights.status()
     st.caption(f"ImageNet weights: {WEIGHTS_STATUS.get(status, status)}.")
     return spec
@@ -265,7 +266,13 @@ def show_runs(ws: Workspace) -> None:
 
     names = [run_dir.name for run_dir in run_dirs]
     with_curves = [name for name in names if epoch_history(ws.runs_dir / name)]
-    compared = st.multiselect("Compare the curves of runs", with_curves, default=with_curves[:2], key="train_compare")
+    if len(with_curves) < 2:
+        compared = []
+    else:
+        # The key changes with the list, so a new run resets the choice to the two newest.
+        compared = st.multiselect(
+            "Compare the curves of runs", with_curves, default=with_curves[:2], key=f"train_compare_{len(with_curves)}"
+        )
     if compared:
         histories = {name: epoch_history(ws.runs_dir / name) for name in compared}
         st.plotly_chart(curves_figure(histories), key="compare_curves")

@@ -58,7 +58,7 @@ def curves_figure(histories: Mapping[str, Sequence[Mapping]]) -> go.Figure:
                     row=1,
                     col=column,
                 )
-    figure.update_xaxes(title_text="epoch", rangemode="tozero", dtick=1 if _max_epoch(histories) <= 20 else None)
+    figure.update_xaxes(title_text="epoch", dtick=1 if _max_epoch(histories) <= 20 else None)
     figure.update_yaxes(rangemode="tozero", row=1, col=1)
     figure.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=2)
     figure.update_layout(legend={"orientation": "h", "y": -0.25})

@@ -1,0 +1,200 @@
+"""Every page of the app under Streamlit's AppTest, with the real engine on a 3-class dataset of 60 images."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import HARDCASES
+from streamlit.testing.v1 import AppTest
+
+from tlapp.jobs import get_manager
+from tlapp.workspace import is_valid_workspace_id
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+C01_ZIP = HARDCASES / "C01_control_3class" / "control_3class.zip"
+H24_ZIP = HARDCASES / "H24_only_one_class" / "dataset_single_class.zip"
+H09_POISON = HARDCASES / "H09_one_poison_file_reporting" / "files" / "square_10_download.jpg"
+TIMEOUT = 60
+TRAINING_TIMEOUT = 300
+
+
+@pytest.fixture
+def library(tmp_path_factory) -> Path:
+    """A dataset library with the 3-class control set unzipped as 'shapes'."""
+    assert C01_ZIP.is_file(), f"missing test data {C01_ZIP}: place the shared/ folder beside the repository"
+    root = tmp_path_factory.mktemp("library")
+    with zipfile.ZipFile(C01_ZIP) as archive:
+        archive.extractall(root / "shapes")
+    return root
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch, library):
+    """Return a function that opens a page of a fresh app in workspace 'apptest' and runs it."""
+    monkeypatch.setenv("TLAPP_WORKSPACE", str(tmp_path / "workspaces"))
+    monkeypatch.setenv("TLAPP_DATASETS", str(library))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.query_params["ws"] = "apptest"
+    at.run()
+
+    def open_page(page: str) -> AppTest:
+        at.switch_page(page).run()
+        assert not at.exception, [item.value for item in at.exception]
+        return at
+
+    return open_page
+
+
+def texts(elements) -> list[str]:
+    return [element.value for element in elements]
+
+
+def plotly_specs(at: AppTest) -> list[dict]:
+    return [json.loads(element.proto.spec) for element in at.get("plotly_chart")]
+
+
+def pick_library_dataset(open_page) -> AppTest:
+    at = open_page("pages/data.py")
+    at.session_state["data_tab"] = "Instructor's library"
+    at.run()
+    at.selectbox(key="library_pick").set_value("shapes")
+    at.button(key="library_use").click().run()
+    assert not at.exception
+    return at
+
+
+def train_two_epochs(open_page) -> AppTest:
+    pick_library_dataset(open_page)
+    at = open_page("pages/train.py")
+    at.slider(key="train_epochs").set_value(2)
+    at.button(key="train_start").click().run()
+    assert not at.exception
+    jobs = get_manager().jobs(owner="apptest")
+    assert len(jobs) == 1
+    assert get_manager().wait(jobs[0], TRAINING_TIMEOUT), "training did not finish in time"
+    assert jobs[0].status == "done", jobs[0].events[-1]
+    return at
+
+
+def test_home_links_every_step(app):
+    at = app("pages/home.py")
+    assert texts(at.page_link) == ["Add or choose photos", "Train a model", "Evaluate a run", "Predict new photos"]
+    assert at.query_params["ws"] == "apptest"
+
+
+def test_new_visitor_gets_workspace_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLAPP_WORKSPACE", str(tmp_path))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    workspace_id = at.query_params["ws"]
+    assert is_valid_workspace_id(workspace_id)
+    assert (tmp_path / workspace_id / "datasets").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("page", "link"),
+    [("pages/train.py", "Go to 1. Data"), ("pages/evaluate.py", "Go to 2. Train"), ("pages/predict.py", "Go to 2. Train")],
+)
+def test_missing_prerequisite_explained(app, page, link):
+    at = app(page)
+    assert len(at.info) == 1
+    assert texts(at.page_link) == [link]
+    assert not at.error
+
+
+def test_data_page_without_dataset(app):
+    at = app("pages/data.py")
+    assert "No dataset chosen yet" in at.info[-1].value
+
+
+def test_library_pick_shows_report(app):
+    at = pick_library_dataset(app)
+    assert "Using the library dataset 'shapes'." in texts(at.success)
+    assert texts(at.metric) == ["60", "3", "48 / 12", "0"]
+    counts = [spec for spec in plotly_specs(at) if spec["layout"]["title"]["text"] == "Images per class"]
+    assert counts[0]["data"][0]["x"] == ["circle", "square", "triangle"]
+    assert counts[0]["data"][0]["y"] == [20, 20, 20]
+    assert len(at.get("image")) == 3 * 6
+    assert not at.error
+    assert not at.warning
+
+
+def test_zip_upload_becomes_chosen_dataset(app, tmp_path):
+    at = app("pages/data.py")
+    at.file_uploader[0].set_value(("control_3class.zip", C01_ZIP.read_bytes(), "application/zip")).run()
+    assert not at.exception
+
+    assert "Unpacked control_3class.zip into the dataset 'control_3class'." in texts(at.success)
+    assert texts(at.metric)[:2] == ["60", "3"]
+    assert at.selectbox(key="dataset_chooser").value == "control_3class"
+    assert (tmp_path / "workspaces" / "apptest" / "datasets" / "control_3class" / "circle").is_dir()
+
+
+def test_one_class_zip_refused_naming_class(app, tmp_path):
+    at = app("pages/data.py")
+    at.file_uploader[0].set_value(("single.zip", H24_ZIP.read_bytes(), "application/zip")).run()
+    assert not at.exception
+
+    assert len(at.error) == 1
+    assert "circle" in at.error[0].value
+    kept = tmp_path / "workspaces" / "apptest" / "datasets" / "single" / "circle"
+    assert len(list(kept.iterdir())) == 12
+
+
+def test_class_builder_adds_photos(app):
+    at = app("pages/data.py")
+    at.session_state["data_tab"] = "Build class by class"
+    at.run()
+    at.text_input(key="builder_new_name").set_value("pets")
+    for label in ("cats", "dogs"):
+        at.text_input(key="builder_class_name").set_value(label)
+        at.button(key="builder_add_class").click().run()
+        assert not at.exception
+    assert at.selectbox(key="builder_dataset").value == "pets"
+    with zipfile.ZipFile(C01_ZIP) as archive:
+        photos = {name: archive.read(name) for name in archive.namelist() if name.endswith(".jpg")}
+    for label, prefix in (("cats", "circle/"), ("dogs", "square/")):
+        files = [(Path(name).name, data, "image/jpeg") for name, data in photos.items() if name.startswith(prefix)][:5]
+        uploader = next(u for u in at.file_uploader if u.label == f"Photos of {label}")
+        uploader.set_value(files).run()
+        assert not at.exception
+    assert "Added 5 photos to 'dogs'." in texts(at.success)
+    assert texts(at.metric)[:2] == ["10", "2"]
+
+
+def test_train_evaluate_predict(app):
+    at = train_two_epochs(app)
+    at.run()
+    assert not at.exception
+    assert "Validation accuracy" in [metric.label for metric in at.metric]
+    curves = [spec for spec in plotly_specs(at) if len(spec["data"]) == 4]
+    assert curves, "no training curves"
+    assert curves[0]["data"][0]["x"] == [1, 2]
+
+    at = app("pages/evaluate.py")
+    labels = [metric.label for metric in at.metric]
+    assert labels[:2] == ["Accuracy", "Balanced accuracy"]
+    heatmaps = [spec for spec in plotly_specs(at) if spec["data"][0]["type"] == "heatmap"]
+    assert len(heatmaps) == 1
+    assert heatmaps[0]["data"][0]["x"] == ["circle", "square", "triangle"]
+    assert sum(map(sum, heatmaps[0]["data"][0]["customdata"])) == 12
+    per_class = at.dataframe[0].value
+    assert list(per_class["class"]) == ["circle", "square", "triangle"]
+    assert list(per_class["support"]) == [4, 4, 4]
+
+    at = app("pages/predict.py")
+    with zipfile.ZipFile(C01_ZIP) as archive:
+        photo = archive.read("triangle/triangle_00.jpg")
+    at.file_uploader(key="predict_files").set_value(
+        [("triangle.jpg", photo, "image/jpeg"), ("download.jpg", H09_POISON.read_bytes(), "image/jpeg")]
+    ).run()
+    assert not at.exception
+    assert len(at.error) == 1
+    assert "download.jpg" in at.error[0].value
+    assert "HTML" in at.error[0].value
+    bars = [spec for spec in plotly_specs(at) if spec["data"][0].get("orientation") == "h"]
+    assert len(bars) == 1
+    assert sorted(bars[0]["data"][0]["y"]) == ["circle", "square", "triangle"]
+    assert at.markdown[-1].value.startswith("**")
