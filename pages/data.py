@@ -88,7 +88,7 @@ def _default_builder_choice(ws: Workspace, options: list[str]) -> str:
 
 def show_class_uploader(ws: Workspace, dataset: str, label: str, count: int) -> None:
     counter = f"class_counter_{dataset}_{label}"
-    with st.expander(f"{label}: {count} photos", expanded=count < 2):
+    with st.expander(f"{label}: {count} photos (open to add more)", expanded=count < 2):
         uploaded = st.file_uploader(
             f"Photos of {label}",
             type=UPLOAD_TYPES,
@@ -172,7 +172,10 @@ def show_report(choice: DatasetChoice) -> None:
         show_error(error)
         if error.report is not None and error.report.skipped:
             show_skipped(error.report.skipped)
-        st.caption("Your files are kept: fix them (for example add photos to a class above) and the check runs again.")
+        st.caption(
+            "Your files are kept. Fix the dataset (for example, add a class and its photos in the "
+            "'Build class by class' tab, or upload a corrected zip) and the check runs again."
+        )
         st.stop()
     except TlappError as error:
         show_error(error)

@@ -69,7 +69,7 @@ def choose_backbone() -> backbones.BackboneSpec:
     columns[0].metric("Parameters", f"{spec.num_params / 1e6:.1f} M")
     columns[1].metric("Input size", f"{spec.preprocessing.input_size} px")
     columns = st.columns(2)
-    columns[0].metric("Speed on this server", f"{sum(stage_ms):.0f} ms per photo", help="One forward pass on this server's CPU, measured on random images.")
+    columns[0].metric("Speed per photo", f"{sum(stage_ms):.0f} ms", help="One forward pass on this server's CPU, measured on random images.")
     columns[1].metric("Stages", spec.num_stages)
     status = spec.weights.status()
     st.caption(f"ImageNet weights: {WEIGHTS_STATUS.get(status, status)}.")

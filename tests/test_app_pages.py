@@ -179,22 +179,39 @@ def test_train_evaluate_predict(app):
     heatmaps = [spec for spec in plotly_specs(at) if spec["data"][0]["type"] == "heatmap"]
     assert len(heatmaps) == 1
     assert heatmaps[0]["data"][0]["x"] == ["circle", "square", "triangle"]
-    assert sum(map(sum, heatmaps[0]["data"][0]["customdata"])) == 12
+    counts = [[int(count) for count in row] for row in heatmaps[0]["data"][0]["text"]]
+    assert sum(map(sum, counts)) == 12
     per_class = at.dataframe[0].value
     assert list(per_class["class"]) == ["circle", "square", "triangle"]
     assert list(per_class["support"]) == [4, 4, 4]
 
     at = app("pages/predict.py")
     with zipfile.ZipFile(C01_ZIP) as archive:
-        photo = archive.read("triangle/triangle_00.jpg")
+        triangle = archive.read("triangle/triangle_00.jpg")
+        circle = archive.read("circle/circle_00.jpg")
     at.file_uploader(key="predict_files").set_value(
-        [("triangle.jpg", photo, "image/jpeg"), ("download.jpg", H09_POISON.read_bytes(), "image/jpeg")]
+        [
+            ("triangle.jpg", triangle, "image/jpeg"),
+            ("download.jpg", H09_POISON.read_bytes(), "image/jpeg"),
+            ("circle.jpg", circle, "image/jpeg"),
+        ]
     ).run()
     assert not at.exception
     assert len(at.error) == 1
     assert "download.jpg" in at.error[0].value
     assert "HTML" in at.error[0].value
     bars = [spec for spec in plotly_specs(at) if spec["data"][0].get("orientation") == "h"]
-    assert len(bars) == 1
+    assert len(bars) == 2
     assert sorted(bars[0]["data"][0]["y"]) == ["circle", "square", "triangle"]
-    assert at.markdown[-1].value.startswith("**")
+    table = at.dataframe[0].value
+    assert list(table["file"]) == ["triangle.jpg", "circle.jpg"]
+    assert list(table.columns[-3:]) == ["p(circle)", "p(square)", "p(triangle)"]
+    assert len(at.get("download_button")) == 1
+
+    at.file_uploader(key="predict_files").set_value(None)
+    at.camera_input(key="predict_camera").set_value(("camera.jpg", circle, "image/jpeg")).run()
+    assert not at.exception
+    assert not at.error
+    bars = [spec for spec in plotly_specs(at) if spec["data"][0].get("orientation") == "h"]
+    assert len(bars) == 1
+    assert not at.dataframe

@@ -8,6 +8,7 @@ A missing chromium fails the test: the browser check must not be skipped silentl
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -219,6 +220,14 @@ def test_browser_upload_train_evaluate_predict(server, tmp_path):
             heatmaps = [trace for trace in plot_traces(page) if trace["type"] == "heatmap"]
             assert len(heatmaps) == 1
             assert heatmaps[0]["x"] == ["circle", "square", "triangle"]
+
+            # Clicking the bottom-right cell shows the triangles predicted as triangles.
+            cells = page.locator(".js-plotly-plot .nsewdrag").first
+            cells.scroll_into_view_if_needed()
+            box = cells.bounding_box()
+            page.mouse.click(box["x"] + box["width"] * 5 / 6, box["y"] + box["height"] * 5 / 6)
+            page.get_by_text(re.compile(r"\d+ photos? of triangle predicted as triangle")).wait_for()
+            wait_for_app(page)
             shot(page, "evaluate")
 
             # Predict one photo.

@@ -95,31 +95,48 @@ def stages_figure(
 
 
 def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str]) -> go.Figure:
-    """Heatmap of counts, rows = true class, columns = predicted class; the diagonal is correct.
+    """Build a heatmap of counts, rows = true class and columns = predicted class.
 
-    The colour is the share of each true class (row), so small classes stay visible; the text is the count.
+    The colour is the share of each true class (row), so small classes stay visible; the text is
+    the count. Plotly heatmaps cannot be selected, so an invisible marker sits on every cell:
+    clicking a cell selects its marker, whose x and y are the predicted and true class.
     """
     shares = []
     for row in confusion:
         total = sum(row)
         shares.append([count / total if total else 0.0 for count in row])
+    labels = list(classes)
     figure = go.Figure(
         go.Heatmap(
             z=shares,
-            x=list(classes),
-            y=list(classes),
+            x=labels,
+            y=labels,
             text=[[str(count) for count in row] for row in confusion],
             texttemplate="%{text}",
-            customdata=confusion,
             colorscale="Blues",
             zmin=0,
             zmax=1,
             colorbar={"title": "share of row", "tickformat": ".0%"},
+            hoverinfo="skip",
+        )
+    )
+    cells = [(true, predicted) for true in range(len(labels)) for predicted in range(len(labels))]
+    figure.add_trace(
+        go.Scatter(
+            x=[labels[predicted] for _, predicted in cells],
+            y=[labels[true] for true, _ in cells],
+            customdata=[confusion[true][predicted] for true, predicted in cells],
+            mode="markers",
+            marker={"size": 30, "opacity": 0},
+            showlegend=False,
+            name="cells",
             hovertemplate="true %{y}, predicted %{x}: %{customdata} images<extra></extra>",
         )
     )
     figure.update_xaxes(title_text="predicted class", type="category", side="bottom")
     figure.update_yaxes(title_text="true class", type="category", autorange="reversed")
+    # Hover (and so a click) goes to the nearest cell centre, wherever the pointer is in the cell.
+    figure.update_layout(hovermode="closest", hoverdistance=-1, clickmode="event+select")
     size = 180 + 40 * len(classes)
     return _compact(figure, min(size, 900))
 
