@@ -28,10 +28,21 @@ def parse_freeze(value: str) -> int | str:
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
-    """Add the options every training command shares."""
-    parser.add_argument("--epochs", type=int, default=10, help="passes over the training images (default 10)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of the new head (default 0.001)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per training step (default 32)")
+    """Add the options every training command shares, with the classifier's defaults."""
+    from tlapp.training import TrainConfig
+
+    defaults = TrainConfig()
+    parser.add_argument(
+        "--epochs", type=int, default=defaults.epochs, help=f"passes over the training images (default {defaults.epochs})"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=defaults.learning_rate,
+        help=f"learning rate of the new head; fine-tuned stages get a tenth (default {defaults.learning_rate})",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size,
+        help=f"images per training step (default {defaults.batch_size})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed for the split, augmentation and training")
     parser.add_argument(
         "--val-fraction", type=float, default=0.2,

@@ -49,9 +49,9 @@ class TrainConfig:
     freeze: int | str = "all"
     """How many stages keep their pretrained weights: 0 fine-tunes everything, "all" trains only the head."""
     epochs: int = 10
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     """Learning rate of the head; fine-tuned backbone stages use a tenth of it."""
-    batch_size: int = 32
+    batch_size: int = 16
     augment: bool = False
     """Train on random crops, flips and colour changes of each image."""
     augment_views: int = 4
