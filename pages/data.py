@@ -192,7 +192,7 @@ def show_report(choice: DatasetChoice) -> None:
 
     for warning in report.warnings:
         st.warning(warning, icon=":material/warning:")
-    st.plotly_chart(class_counts_figure(report.classes), key="class_counts")
+    st.plotly_chart(class_counts_figure(report.classes), key="class_counts", config={"displayModeBar": False})
     show_examples(collection)
     if report.skipped:
         show_skipped(report.skipped)

@@ -67,7 +67,7 @@ def show_predictions(images: list, names: list[str], predictions: list[list[tupl
         with columns[1]:
             label, probability = ranked[0]
             st.markdown(f"**{label}** ({probability:.1%})")
-            st.plotly_chart(top_classes_figure(ranked[:TOP_CLASSES]), key=f"prediction_{index}")
+            st.plotly_chart(top_classes_figure(ranked[:TOP_CLASSES]), key=f"prediction_{index}", config={"displayModeBar": False})
 
 
 def show_table(names: list[str], predictions: list[list[tuple[str, float]]], classes: list[str]) -> None:

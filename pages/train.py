@@ -36,6 +36,7 @@ LEARNING_RATES = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 BATCH_SIZES = [8, 16, 32, 64]
 PREVIEW_VIEWS = 6
 REFRESH_SECONDS = 1.5
+STATIC_CHART = {"displayModeBar": False}  # small charts need no zoom or download toolbar
 
 WEIGHTS_STATUS = {
     "bundled": "bundled with the app (works offline)",
@@ -106,7 +107,7 @@ def choose_freezing(spec: backbones.BackboneSpec, num_classes: int) -> tuple[boo
         f"Training **{trainable:,}** of {total:,} parameters ({trainable / total:.1%}). "
         + _freezing_advice(frozen, spec.num_stages, scratch)
     )
-    st.plotly_chart(stages_figure(spec.stage_names, per_stage, frozen, head), key="stages_figure")
+    st.plotly_chart(stages_figure(spec.stage_names, per_stage, frozen, head), key="stages_figure", config=STATIC_CHART)
     return not scratch, frozen
 
 
@@ -132,7 +133,7 @@ def choose_training(spec: backbones.BackboneSpec) -> dict:
     augment = st.checkbox(
         "Augmentation: train on random crops, flips and colour changes",
         key="train_augment",
-        help="Helps when you have few photos; caching the frozen stages takes a few times longer.",
+        help="Helps when you have few photos. Caching the frozen stages takes about four times longer, once per random version of each photo.",
     )
     return {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "augment": augment}
 
@@ -202,7 +203,7 @@ def draw_run(run_dir: Path, job: Job | None, status: str) -> None:
         if position:
             st.info(f"Another participant's model is training. Yours is number {position} in the queue and starts automatically.", icon=":material/hourglass_top:")
         draw_progress(events)
-        if st.button("Stop", key="train_stop", icon=":material/stop_circle:", help="Stops after the current batch and keeps the best epoch so far."):
+        if st.button("Stop", key="train_stop", icon=":material/stop_circle:", help="Stops after the current batch. The best finished epoch, if any, is kept as the run's model."):
             job.stop()
             st.toast("Stopping after the current batch...")
 

@@ -10,6 +10,7 @@ import pytest
 from conftest import HARDCASES
 from streamlit.testing.v1 import AppTest
 
+from tlapp.events import Message, to_dict
 from tlapp.jobs import get_manager
 from tlapp.workspace import is_valid_workspace_id
 
@@ -162,6 +163,18 @@ def test_class_builder_adds_photos(app):
         assert not at.exception
     assert "Added 5 photos to 'dogs'." in texts(at.success)
     assert texts(at.metric)[:2] == ["10", "2"]
+
+
+def test_run_of_dead_server_shown_interrupted(app, tmp_path):
+    pick_library_dataset(app)
+    run_dir = tmp_path / "workspaces" / "apptest" / "runs" / "2024-01-01_000000_efficientnet_lite0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "events.jsonl").write_text(json.dumps(to_dict(Message("50 images in 2 classes"))) + "\n", encoding="utf-8")
+
+    at = app("pages/train.py")
+    assert any("interrupted" in markdown.value for markdown in at.markdown)
+    runs = at.dataframe[0].value
+    assert list(runs["status"]) == ["interrupted (the server restarted)"]
 
 
 def test_train_evaluate_predict(app):

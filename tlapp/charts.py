@@ -23,7 +23,7 @@ def _compact(figure: go.Figure, height: int) -> go.Figure:
 
 
 def class_counts_figure(counts: Mapping[str, int]) -> go.Figure:
-    """Bar chart of images per class, in the given class order."""
+    """Build a bar chart of images per class, in the given class order."""
     labels = list(counts)
     figure = go.Figure(go.Bar(x=labels, y=[counts[label] for label in labels], text=list(counts.values())))
     figure.update_traces(textposition="outside", cliponaxis=False, marker_color=RUN_COLORS[0])
@@ -32,7 +32,7 @@ def class_counts_figure(counts: Mapping[str, int]) -> go.Figure:
 
 
 def curves_figure(histories: Mapping[str, Sequence[Mapping]]) -> go.Figure:
-    """Loss and accuracy per epoch for one or more runs, training dashed and validation solid.
+    """Build loss and accuracy curves per epoch for one or more runs, training dashed and validation solid.
 
     ``histories`` maps a run name to its list of epoch records (``EpochEnd`` dicts with
     ``epoch``, ``train_loss``, ``val_loss``, ``train_accuracy``, ``val_accuracy``).
@@ -98,8 +98,9 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str])
     """Build a heatmap of counts, rows = true class and columns = predicted class.
 
     The colour is the share of each true class (row), so small classes stay visible; the text is
-    the count. Plotly heatmaps cannot be selected, so an invisible marker sits on every cell:
-    clicking a cell selects its marker, whose x and y are the predicted and true class.
+    the count. Streamlit 1.67 reports no selection when a heatmap cell is clicked, so an
+    invisible marker sits on every cell: clicking a cell selects its marker, whose x and y are
+    the predicted and true class.
     """
     shares = []
     for row in confusion:
@@ -142,7 +143,7 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str])
 
 
 def top_classes_figure(predictions: Sequence[tuple[str, float]]) -> go.Figure:
-    """Horizontal bars of the most likely classes for one image, the most likely at the top."""
+    """Build horizontal bars of the most likely classes for one image, the most likely at the top."""
     labels = [label for label, _ in predictions]
     probabilities = [probability for _, probability in predictions]
     figure = go.Figure(
