@@ -121,21 +121,30 @@ def _freezing_advice(frozen: int, num_stages: int, scratch: bool) -> str:
     return "The later stages adapt to your photos; the early ones keep general ImageNet features."
 
 
-def choose_training(spec: backbones.BackboneSpec) -> dict:
+def choose_training() -> dict:
+    defaults = TrainConfig()
     columns = st.columns(3)
-    epochs = columns[0].slider("Epochs", 1, 50, 10, key="train_epochs", help="How many times training sees every photo.")
+    epochs = columns[0].slider("Epochs", 1, 50, defaults.epochs, key="train_epochs", help="How many times training sees every photo.")
     learning_rate = columns[1].select_slider(
-        "Learning rate", LEARNING_RATES, value=1e-3, key="train_lr",
+        "Learning rate", _with(LEARNING_RATES, defaults.learning_rate), value=defaults.learning_rate, key="train_lr",
         format_func=lambda value: f"{value:g}",
-        help="Step size of the new head; fine-tuned stages use a tenth of it.",
+        help="Step size of the new head. Fine-tuned pretrained stages use a tenth of it.",
     )
-    batch_size = columns[2].select_slider("Batch size", BATCH_SIZES, value=32, key="train_batch", help="Photos per training step.")
+    batch_size = columns[2].select_slider(
+        "Batch size", _with(BATCH_SIZES, defaults.batch_size), value=defaults.batch_size, key="train_batch",
+        help="Photos per training step.",
+    )
     augment = st.checkbox(
         "Augmentation: train on random crops, flips and colour changes",
         key="train_augment",
         help="Helps when you have few photos. Caching the frozen stages takes about four times longer, once per random version of each photo.",
     )
     return {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "augment": augment}
+
+
+def _with(choices: list, default) -> list:
+    """Return the slider choices, with the engine's default added when it is not among them."""
+    return sorted({*choices, default})
 
 
 def show_augmentation_preview(spec: backbones.BackboneSpec, collection: ImageCollection) -> None:
@@ -328,7 +337,7 @@ with settings:
     spec = choose_backbone()
     pretrained, frozen = choose_freezing(spec, len(collection.classes))
 with explanation:
-    options = choose_training(spec)
+    options = choose_training()
     show_augmentation_preview(spec, collection)
     with engine_errors("estimating the training time", stop=False):
         estimate = estimate_train_seconds(
