@@ -240,7 +240,9 @@ def _dataset_messages(collection: ImageCollection) -> Iterator[Message]:
         f"{len(collection.train)} for training, {len(collection.val)} for validation ({report.split} split)."
     )
     if report.skipped:
-        yield Message(f"Skipped {len(report.skipped)} files that are not usable images (see the dataset report).", "warning")
+        count = len(report.skipped)
+        files = "file that is not a usable image" if count == 1 else "files that are not usable images"
+        yield Message(f"Skipped {count} {files} (see the dataset report).", "warning")
     for warning in report.warnings:
         yield Message(warning, "warning")
 
