@@ -37,12 +37,24 @@ def colour_data(tmp_path):
     return write_colour_photos(tmp_path / "photos", {"blue": 8, "red": 8, "yellow": 8})
 
 
-def test_head_only_run_learns_and_writes_folder(colour_data, tmp_path):
-    run_dir = tmp_path / "run"
-    events = list(train_classifier(colour_data, TrainConfig(epochs=4, batch_size=8), run_dir))
+# A few optimizer steps on 18 images need a higher learning rate than the default to converge.
+QUICK = {"batch_size": 8, "learning_rate": 0.02}
+
+
+@pytest.fixture(scope="module")
+def head_run(tmp_path_factory):
+    """One head-only run shared by the tests that only read its results: (data, run folder, events)."""
+    root = tmp_path_factory.mktemp("head_run")
+    data = write_colour_photos(root / "photos", {"blue": 8, "red": 8, "yellow": 8})
+    events = list(train_classifier(data, TrainConfig(epochs=5, **QUICK), root / "run"))
+    return data, root / "run", events
+
+
+def test_head_only_run_learns_and_writes_folder(head_run):
+    _, run_dir, events = head_run
 
     epochs = [e for e in events if isinstance(e, EpochEnd)]
-    assert [e.epoch for e in epochs] == [1, 2, 3, 4]
+    assert [e.epoch for e in epochs] == [1, 2, 3, 4, 5]
     assert any(isinstance(e, Progress) and e.stage == "features" for e in events)
     assert isinstance(events[-1], Done)
     metrics = events[-1].metrics
@@ -57,25 +69,23 @@ def test_head_only_run_learns_and_writes_folder(colour_data, tmp_path):
     assert logged == events
 
 
-def test_run_weights_load_safely_and_predict(colour_data, tmp_path):
-    run_dir = tmp_path / "run"
-    train(colour_data, TrainConfig(epochs=5, batch_size=8, learning_rate=0.01), run_dir)
+def test_run_weights_load_safely_and_predict(head_run):
+    data, run_dir, _ = head_run
 
     state = torch.load(run_dir / "model.pt", weights_only=True)
     assert "head.1.weight" in state
     predictor = load_predictor(run_dir)
-    top = predictor.predict([colour_data / "red" / "red_0.jpg", colour_data / "blue" / "blue_1.jpg"])
+    top = predictor.predict([data / "red" / "red_0.jpg", data / "blue" / "blue_1.jpg"])
     assert top[0][0][0] == "red"
     assert top[1][0][0] == "blue"
     assert sum(p for _, p in top[0]) == pytest.approx(1.0, abs=1e-4)
     run = load_run(run_dir)
     assert run.classes == ["blue", "red", "yellow"]
-    assert [r.name for r in list_runs(tmp_path)] == ["run"]
+    assert [r.name for r in list_runs(run_dir.parent)] == ["run"]
 
 
-def test_evaluation_lists_every_validation_image(colour_data, tmp_path):
-    train(colour_data, TrainConfig(epochs=2, batch_size=8), tmp_path / "run")
-    evaluation = load_run(tmp_path / "run").evaluation
+def test_evaluation_lists_every_validation_image(head_run):
+    evaluation = load_run(head_run[1]).evaluation
 
     assert len(evaluation["samples"]) == 6  # 20 % of 8 per class, at least one each
     assert sum(map(sum, evaluation["confusion"])) == 6
@@ -86,7 +96,7 @@ def test_evaluation_lists_every_validation_image(colour_data, tmp_path):
 
 def test_partial_freeze_fine_tunes_only_later_stages(colour_data, tmp_path):
     pretrained = bb.create_backbone("efficientnet_lite0").state_dict()
-    metrics = train(colour_data, TrainConfig(freeze=7, epochs=2, batch_size=8), tmp_path / "run")
+    metrics = train(colour_data, TrainConfig(freeze=7, epochs=2, **QUICK), tmp_path / "run")
 
     state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     for key, value in pretrained.items():
@@ -98,7 +108,7 @@ def test_partial_freeze_fine_tunes_only_later_stages(colour_data, tmp_path):
 
 
 def test_fine_tune_everything_with_augmentation(colour_data, tmp_path):
-    config = TrainConfig(freeze=0, epochs=1, batch_size=8, augment=True, augment_views=2)
+    config = TrainConfig(freeze=0, epochs=1, augment=True, augment_views=2, **QUICK)
     metrics = train(colour_data, config, tmp_path / "run")
 
     assert metrics["frozen_stages"] == 0
@@ -130,7 +140,7 @@ def test_hardcase_last_batch_of_one(archive, tmp_path):
 def test_stop_keeps_the_best_epoch_so_far(colour_data, tmp_path):
     stop = threading.Event()
     events = []
-    for event in train_classifier(colour_data, TrainConfig(epochs=50, batch_size=8), tmp_path / "run", stop):
+    for event in train_classifier(colour_data, TrainConfig(epochs=50, **QUICK), tmp_path / "run", stop):
         events.append(event)
         if isinstance(event, EpochEnd) and event.epoch == 2:
             stop.set()
@@ -152,7 +162,7 @@ def test_stop_during_feature_caching_ends_cleanly(colour_data, tmp_path):
 
 
 def test_same_seed_gives_same_history(colour_data, tmp_path):
-    config = TrainConfig(epochs=2, batch_size=8, augment=True, augment_views=2, seed=3)
+    config = TrainConfig(epochs=2, augment=True, augment_views=2, seed=3, **QUICK)
     train(colour_data, config, tmp_path / "a")
     train(colour_data, config, tmp_path / "b")
 
