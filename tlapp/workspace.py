@@ -373,3 +373,171 @@ def _file_digest(path: Path) -> str:
         while chunk := source.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# --- segmentation ---------------------------------------------------------------------------
+
+SEGMENTATION_FOLDER = "segmentation"
+SEGMENTATION_IMAGES, SEGMENTATION_MASKS = "images", "masks"
+
+
+@dataclass
+class AddedPairFiles:
+    """Outcome of :meth:`SegmentationStore.add_files` for each uploaded file."""
+
+    images: list[str] = field(default_factory=list)  # names as stored in images/
+    masks: list[str] = field(default_factory=list)  # names as stored in masks/
+    replaced: list[str] = field(default_factory=list)  # "images/x.png" or "masks/x.png" overwritten by a new upload
+    rejected: list[dict] = field(default_factory=list)  # [{"file", "reason"}]
+
+
+class SegmentationStore:
+    """A workspace's segmentation datasets and runs, kept apart from its classification data.
+
+    Layout under the workspace::
+
+        segmentation/datasets/<name>/images/...   uploaded images (or whatever layout a zip has)
+        segmentation/datasets/<name>/masks/...    their masks, paired by file name
+        segmentation/runs/<name>/                 one folder per segmentation run
+
+    A folder with images/ and masks/ would read as a two-class classification dataset, and the
+    classification pages expect classification runs, so neither goes into the classification
+    folders. The chosen dataset is stored in the workspace's state.json under its own key.
+    Library datasets are the same as for classification: each folder of ``TLAPP_DATASETS``.
+    """
+
+    STATE_KEY = "segmentation_dataset"
+
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
+        self.path = workspace.path / SEGMENTATION_FOLDER
+        self.datasets_dir = self.path / "datasets"
+        self.runs_dir = self.path / "runs"
+        for folder in (self.datasets_dir, self.runs_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    # --- datasets ---------------------------------------------------------------------------
+
+    def list_datasets(self) -> list[str]:
+        """Return the names of this workspace's segmentation datasets, sorted."""
+        return sorted(p.name for p in self.datasets_dir.iterdir() if p.is_dir() and not is_system_file(p.name))
+
+    def dataset_dir(self, name: str) -> Path:
+        """Return the folder of segmentation dataset ``name``; raise TlappError when there is none."""
+        path = self.datasets_dir / safe_name(name, "dataset name")
+        if not path.is_dir():
+            raise TlappError(
+                f"There is no segmentation dataset '{name}' in this workspace.",
+                "Upload its images and masks on the Segmentation page.",
+            )
+        return path
+
+    def save_zip(self, filename: str, data: bytes | BinaryIO) -> str:
+        """Extract an uploaded zip into a new segmentation dataset folder; return the dataset name.
+
+        Works like :meth:`Workspace.save_zip`: the name comes from the zip's file name, made
+        unique, an unusable zip raises DatasetError and leaves nothing behind, and the zip is
+        deleted once extracted. Pairing the files is left to the segmentation engine.
+        """
+        name = _unique_path(self.datasets_dir, safe_name(Path(filename).stem, "dataset name")).name
+        upload = self.workspace.uploads_dir / f"segmentation_{name}.zip"
+        _write_upload(upload, data)
+        dataset = self.datasets_dir / name
+        try:
+            extract_zip(upload, dataset)
+        except Exception:
+            shutil.rmtree(dataset, ignore_errors=True)
+            raise
+        finally:
+            upload.unlink(missing_ok=True)
+        log.info("workspace %s: extracted %s into segmentation dataset %s", self.workspace.id, filename, name)
+        return name
+
+    def add_files(
+        self,
+        dataset: str,
+        images: list[tuple[str, bytes | BinaryIO]],
+        masks: list[tuple[str, bytes | BinaryIO]],
+    ) -> AddedPairFiles:
+        """Save uploaded images into ``<dataset>/images/`` and masks into ``<dataset>/masks/``.
+
+        Creates the dataset when it is new. Pairs are found later by file name, so a file whose
+        name is taken replaces the stored one (that is how a corrected mask gets in). Files
+        without an image extension, or whose name cannot be stored, are rejected with a reason.
+        """
+        root = self.datasets_dir / safe_name(dataset, "dataset name")
+        result = AddedPairFiles()
+        for folder_name, files, saved in ((SEGMENTATION_IMAGES, images, result.images), (SEGMENTATION_MASKS, masks, result.masks)):
+            folder = root / folder_name
+            folder.mkdir(parents=True, exist_ok=True)
+            for filename, content in files:
+                try:
+                    name = safe_name(Path(str(filename)).name, "file name")
+                except TlappError as error:
+                    result.rejected.append({"file": str(filename), "reason": error.message})
+                    continue
+                if not has_image_extension(name):
+                    result.rejected.append({"file": name, "reason": "not an image file name (expected .png, .jpg, ...)"})
+                    continue
+                target = folder / name
+                if target.exists():
+                    result.replaced.append(f"{folder_name}/{name}")
+                _write_upload(target, content)
+                saved.append(name)
+        log.info(
+            "workspace %s: added %d images and %d masks to segmentation dataset %s",
+            self.workspace.id, len(result.images), len(result.masks), root.name,
+        )
+        return result
+
+    def delete_dataset(self, name: str) -> None:
+        path = self.dataset_dir(name)
+        chosen = self.workspace._read_state().get(self.STATE_KEY) or {}
+        shutil.rmtree(path)
+        if chosen.get("source") == WORKSPACE and chosen.get("name") == path.name:
+            self.workspace._write_state({**self.workspace._read_state(), self.STATE_KEY: None})
+        log.info("workspace %s: deleted segmentation dataset %s", self.workspace.id, path.name)
+
+    def choices(self) -> list[DatasetChoice]:
+        """Return every segmentation dataset the user can pick: their own first, then the library's."""
+        own = [DatasetChoice(WORKSPACE, name, self.datasets_dir / name) for name in self.list_datasets()]
+        return own + self.workspace.library()
+
+    def select_dataset(self, choice: DatasetChoice) -> None:
+        """Remember ``choice`` as the dataset segmentation trains on."""
+        state = self.workspace._read_state()
+        self.workspace._write_state({**state, self.STATE_KEY: choice.to_dict()})
+
+    def selected_dataset(self) -> DatasetChoice | None:
+        """Return the remembered segmentation dataset, or None when none was chosen or it is gone."""
+        chosen = self.workspace._read_state().get(self.STATE_KEY)
+        if not chosen:
+            return None
+        for choice in self.choices():
+            if choice.source == chosen.get("source") and choice.name == chosen.get("name"):
+                return choice
+        return None
+
+    # --- runs -------------------------------------------------------------------------------
+
+    def new_run_dir(self, label: str) -> Path:
+        """Create and return an empty run folder named by date, time and ``label`` (e.g. the backbone)."""
+        stamp = datetime.now().strftime("%Y-%m-%d_%H%M%S")
+        path = _unique_path(self.runs_dir, f"{stamp}_{safe_name(label, 'run name')}")
+        path.mkdir(parents=True)
+        return path
+
+    def run_dirs(self) -> list[Path]:
+        """Return every segmentation run folder, finished or not, newest first."""
+        folders = [p for p in self.runs_dir.iterdir() if p.is_dir() and not is_system_file(p.name)]
+        return sorted(folders, key=lambda p: p.name, reverse=True)
+
+    def run_dir(self, name: str) -> Path:
+        path = self.runs_dir / safe_name(name, "run name")
+        if not path.is_dir():
+            raise TlappError(f"There is no segmentation run '{name}' in this workspace.", "Choose a run from the list.")
+        return path
+
+    def delete_run(self, name: str) -> None:
+        shutil.rmtree(self.run_dir(name))
+        log.info("workspace %s: deleted segmentation run %s", self.workspace.id, name)
