@@ -110,6 +110,29 @@ def test_add_images_rejects_non_images(ws, tmp_path):
     assert not (ws.dataset_dir("d") / "cats" / "notes.txt").exists()
 
 
+def test_add_images_rejects_undecodable_files(ws, tmp_path):
+    broken = HARDCASES / "H08_truncated_corrupt" / "files"
+    html = HARDCASES / "H09_one_poison_file_reporting" / "files" / "square_10_download.jpg"
+    files = [
+        ("circle_bitmap.bmp", (HARDCASES / "H16_other_formats" / "files" / "circle_bitmap.bmp").read_bytes()),
+        ("zero_bytes.jpg", (broken / "zero_bytes.jpg").read_bytes()),
+        ("square_10_download.jpg", html.read_bytes()),
+        ("circle_IMG_4001.heic", (HARDCASES / "H17_heic" / "files" / "circle_IMG_4001.heic").read_bytes()),
+        ("circle_gray_L.png", (HARDCASES / "H01_grayscale" / "files" / "circle_gray_L.png").read_bytes()),
+        ("truncated_60pct.jpg", (broken / "truncated_60pct.jpg").read_bytes()),
+    ]
+    result = ws.add_images("d", "circle", files)
+
+    assert result.saved == ["circle_bitmap.bmp", "circle_IMG_4001.heic", "circle_gray_L.png"]
+    rejected = {entry["file"]: entry["reason"] for entry in result.rejected}
+    assert rejected["zero_bytes.jpg"] == "empty file (0 bytes)"
+    assert rejected["square_10_download.jpg"] == "not an image: looks like an HTML page"
+    assert rejected["truncated_60pct.jpg"] == "truncated or corrupt image data"
+    assert ws.list_classes("d") == {"circle": 3}
+    stored = sorted(path.name for path in (ws.dataset_dir("d") / "circle").iterdir())
+    assert stored == ["circle_IMG_4001.heic", "circle_bitmap.bmp", "circle_gray_L.png"]
+
+
 def test_uploaded_file_names_cannot_escape(ws, tmp_path):
     result = ws.add_images("d", "cats", [("../../../evil.png", png_bytes(tmp_path))])
     assert result.saved == ["evil.png"]

@@ -30,7 +30,7 @@ from typing import BinaryIO
 
 from tlapp.datasets import TRAIN_FOLDER_NAMES, VAL_FOLDER_NAMES, extract_zip, is_system_file
 from tlapp.errors import TlappError
-from tlapp.images import has_image_extension
+from tlapp.images import ImageError, has_image_extension, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,9 @@ LIBRARY_ENV = "TLAPP_DATASETS"
 DEFAULT_ROOT = "workspace"
 
 MAX_NAME_LENGTH = 80
+# Longer side, in pixels, of the copy add_images decodes to check an upload. Decoding is the
+# only reliable check, and a small target lets JPEG decode at reduced scale.
+UPLOAD_CHECK_SIDE = 64
 _WORKSPACE_ID = re.compile(r"^[A-Za-z0-9_-]{4,64}$")
 # Characters that are unsafe in file names on at least one of Linux, macOS and Windows.
 _UNSAFE_CHARACTERS = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
@@ -219,10 +222,10 @@ class Workspace:
     def add_images(self, dataset: str, class_name: str, files: list[tuple[str, bytes | BinaryIO]]) -> AddedImages:
         """Save uploaded images into a class folder, creating the class when needed.
 
-        ``files`` contains (file name, content) pairs. Files without an image extension are rejected
-        with a reason; a file identical to one already in the class is not stored twice; a
-        different file with a taken name gets a numbered name. Images are decoded later, by
-        dataset loading, whose report lists undecodable files.
+        ``files`` contains (file name, content) pairs. A file without an image extension, or one
+        that does not decode (empty, HTML saved as .jpg, truncated...), is rejected with the
+        reason from :func:`tlapp.images.load_rgb` and not stored. A file identical to one already
+        in the class is not stored twice; a different file with a taken name gets a numbered name.
         """
         label = self.create_class(dataset, class_name)
         folder = self.class_root(dataset) / label
@@ -241,6 +244,11 @@ class Workspace:
             digest = hashlib.sha256(data).hexdigest()
             if digest in existing:
                 result.duplicates.append(name)
+                continue
+            try:
+                load_rgb(data, name=name, max_side=UPLOAD_CHECK_SIDE)
+            except ImageError as error:
+                result.rejected.append({"file": name, "reason": error.reason})
                 continue
             target = _unique_path(folder, name)
             target.write_bytes(data)
