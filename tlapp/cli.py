@@ -27,6 +27,17 @@ def parse_freeze(value: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a number of stages or 'all', got '{value}'") from None
 
 
+def positive_int(value: str) -> int:
+    """Accept a whole number of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got '{value}'")
+    return number
+
+
 def add_training_options(parser: argparse.ArgumentParser) -> None:
     """Add the options every training command shares, with the classifier's defaults."""
     from tlapp.training import TrainConfig
@@ -191,10 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_options(train_parser)
     train_parser.set_defaults(func=cmd_train)
 
-    predict_parser = commands.add_parser("predict", help="classify images with a trained run")
+    predict_parser = commands.add_parser(
+        "predict", help="classify images with a trained run",
+        description="Classify images. Exit status 2 when any image could not be read; the others are still printed.",
+    )
     predict_parser.add_argument("run", type=Path, help="run folder written by train")
     predict_parser.add_argument("images", type=Path, nargs="+", help="image files")
-    predict_parser.add_argument("--top", type=int, default=3, help="how many classes to show per image (default 3)")
+    predict_parser.add_argument("--top", type=positive_int, default=3, help="how many classes to show per image (default 3)")
     predict_parser.add_argument("--json", action="store_true", help="print JSON")
     predict_parser.set_defaults(func=cmd_predict)
 
@@ -205,11 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in COMMAND_MODULES:
         try:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name and module_name.startswith(error.name):
-                continue  # that part of the engine is not installed in this checkout
-            raise
-        module.register(commands)
+            module.register(commands)
+        except (ImportError, AttributeError) as error:
+            # A broken optional part must not take inspect, train and predict down with it.
+            log.warning("commands of %s are unavailable: %s", module_name, error)
+            print(f"warning: commands of {module_name} are unavailable: {error}", file=sys.stderr)
     return parser
 
 

@@ -71,7 +71,7 @@ class TrainConfig:
             try:
                 bb.resolve_freeze(bb.REGISTRY[self.backbone], self.freeze)
             except TlappError as error:
-                problems.append(str(error))
+                problems.append(str(error).rstrip("."))
         if not 1 <= self.epochs <= 1000:
             problems.append(f"epochs must be between 1 and 1000, got {self.epochs}")
         if not 0 < self.learning_rate < 1:
@@ -256,7 +256,7 @@ def _report(steps: Generator[int, None, object], stage: str, total: int, clock: 
         except StopIteration as finished:
             yield Progress(stage, total, total, clock.elapsed, eta=0.0, message=message)
             return finished.value
-        if clock.due():
+        if done < total and clock.due():
             rate = (clock.elapsed - started) / max(done, 1)
             yield Progress(stage, done, total, clock.elapsed, eta=rate * (total - done), message=message)
 
@@ -375,8 +375,6 @@ def _fit(
     fit_started = clock.elapsed
     stopped = False
     for epoch in range(1, config.epochs + 1):
-        epoch_started = clock.elapsed
-
         epoch_run = _train_epoch(
             model, train_cache, train_labels, frozen, optimizer, scheduler, config.batch_size, generator, stop
         )
@@ -384,8 +382,9 @@ def _fit(
             while True:
                 seen, count = next(epoch_run)
                 if clock.due():
-                    per_epoch = (clock.elapsed - epoch_started) / seen * count
-                    remaining = per_epoch * (config.epochs - epoch + 1 - seen / count)
+                    # Average over every epoch so far, so one slow batch does not swing the estimate.
+                    done = (epoch - 1) * count + seen
+                    remaining = (clock.elapsed - fit_started) / done * (config.epochs * count - done)
                     yield Progress("train", seen, count, clock.elapsed, eta=remaining, epoch=epoch,
                                    message=f"epoch {epoch} of {config.epochs}")
         except StopIteration as finished:
