@@ -501,3 +501,41 @@ def test_zip_with_wrapper_folder(tmp_path):
 
     assert data.report.num_pairs == 3
     assert data.report.problems == []
+
+
+def ring_target(index: int, size: tuple[int, int] = (96, 80)) -> np.ndarray:
+    """Return the 2-pixel outline of a filled rectangle: what a mask drawn with a pen looks like."""
+    filled = np.zeros(size[::-1], np.uint8)
+    filled[10 + index : 60 + index, 12:80] = 1
+    inner = np.zeros_like(filled)
+    inner[12 + index : 58 + index, 14:78] = 1
+    return filled - inner
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_outline_masks_are_reported(tmp_path, drop):
+    for index in range(6):
+        target = ring_target(index) if index < 2 else shape_target(index, (96, 80))
+        write_pair(tmp_path, f"s{index}.jpg", f"s{index}.png", target)
+
+    data = load_segmentation_data(tmp_path, drop_outline_masks=drop)
+
+    assert data.report.outline_masks == ["masks/s0.png", "masks/s1.png"]
+    if drop:
+        assert data.report.num_pairs == 4
+        assert {problem["file"] for problem in data.report.problems} == {"masks/s0.png", "masks/s1.png"}
+    else:
+        assert data.report.num_pairs == 6
+        assert any("2 masks look like outlines" in warning for warning in data.report.warnings)
+
+
+def test_thin_objects_in_most_masks_are_not_outlines(tmp_path):
+    # When most masks are thin, thin is what the objects are (cracks, vessels), not a drawing mistake.
+    for index in range(4):
+        target = ring_target(index) if index < 3 else shape_target(index, (96, 80))
+        write_pair(tmp_path, f"s{index}.jpg", f"s{index}.png", target)
+
+    data = load_segmentation_data(tmp_path)
+
+    assert data.report.outline_masks == []
+    assert data.report.warnings == []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tlapp import images
 from tlapp.errors import TlappError
-from tlapp.segmentation.masks import MaskConvention, scan_masks
+from tlapp.segmentation.masks import OUTLINE_SCORE, MaskConvention, outline_score, scan_masks
 from tlapp.segmentation.pairs import Pair, find_pairs
 
 log = logging.getLogger(__name__)
@@ -19,11 +19,14 @@ log = logging.getLogger(__name__)
 TRIMAP_BORDERS = ("object", "ignore")
 # Images are decoded this small to check that they are readable; JPEG decodes at reduced scale.
 CHECK_MAX_SIDE = 256
+# Outline-like masks are reported only when at most this share of the masks look so: when most
+# do, the objects of the dataset are thin by nature (cracks, vessels, cables).
+OUTLINE_MAX_SHARE = 0.5
 
 
 @dataclass
 class SegmentationReport:
-    """What loading a segmentation dataset found, for the user to read before training."""
+    """Findings of loading a segmentation dataset, for the user to read before training."""
 
     num_pairs: int = 0
     classes: list[str] = field(default_factory=list)
@@ -31,12 +34,13 @@ class SegmentationReport:
     mask_kind: str = ""  # "binary", "trimap", "index", "grey levels" or "colour"
     class_colours: list[list[int]] = field(default_factory=list)  # display colour per class
     mask_colours: list[list[int]] | None = None  # colour-coded masks: the colour of each class in the files
-    class_pixels: dict[str, int] = field(default_factory=dict)
+    class_pixels: dict[str, int] = field(default_factory=dict)  # over every readable mask, before any is left out
     problems: list[dict] = field(default_factory=list)  # [{"file": relpath, "reason": str}]
     warnings: list[str] = field(default_factory=list)
     ignored_system_files: int = 0
     layout: str = ""  # e.g. "images/ + masks/" or "pairs.csv"
     trimap_border: str | None = None  # "object" or "ignore" when the masks are trimaps
+    outline_masks: list[str] = field(default_factory=list)  # masks that look like outlines, not filled regions
     split_counts: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
 
     def to_dict(self) -> dict:
@@ -99,6 +103,21 @@ def _drop_unreadable_images(pairs: list[Pair], problems: list[dict]) -> list[Pai
     return kept
 
 
+def _outline_masks(pairs: list[Pair], convention: MaskConvention) -> list[Pair]:
+    """Return the pairs whose binary mask looks like an outline, unless most masks look so."""
+    if convention.kind not in ("binary", "trimap"):
+        return []
+
+    def score(pair: Pair) -> float | None:
+        return outline_score(convention.read_target(pair.mask, pair.mask_relpath))
+
+    workers = min(8, os.cpu_count() or 2)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tlapp-seg-outline") as pool:
+        scores = list(pool.map(score, pairs))
+    outlines = [pair for pair, value in zip(pairs, scores) if value is not None and value < OUTLINE_SCORE]
+    return outlines if len(outlines) <= OUTLINE_MAX_SHARE * len(pairs) else []
+
+
 def split_pairs(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
     """Split at random, reproducibly: the result depends only on ``seed`` and the pair names."""
     ordered = sorted(pairs, key=lambda pair: (pair.key, pair.image_relpath))
@@ -113,14 +132,17 @@ def load_segmentation_data(
     val_fraction: float = 0.2,
     seed: int = 0,
     trimap_border: str = "object",
+    drop_outline_masks: bool = False,
     extract_dir: Path | None = None,
 ) -> SegmentationData:
     """Pair, check and split a segmentation dataset (folder, zip or CSV of pairs).
 
     Every image is decoded and every mask read once, so broken files are reported by name
     before training starts, and the mask convention is decided from all masks together.
-    Pairs with problems are left out; the rest are kept. Raises TlappError when fewer than
-    two usable pairs remain or the masks fit no supported convention.
+    Pairs with problems are left out; the rest are kept. Binary masks that look like outlines
+    rather than filled regions are listed in the report, and left out with ``drop_outline_masks``.
+    Raises TlappError when fewer than two usable pairs remain or the masks fit no supported
+    convention.
     """
     if trimap_border not in TRIMAP_BORDERS:
         raise TlappError(f"Invalid trimap border setting '{trimap_border}'.", "Use 'object' or 'ignore'.")
@@ -143,8 +165,23 @@ def load_segmentation_data(
         raise _too_few_pairs(source, len(pairs), problems)
 
     convention = mask_scan.convention
-    train, val = split_pairs(pairs, val_fraction, seed)
     warnings = list(mask_scan.warnings)
+    outlines = _outline_masks(pairs, convention)
+    if outlines:
+        names = ", ".join(pair.mask_relpath for pair in outlines[:3]) + (f" and {len(outlines) - 3} more" if len(outlines) > 3 else "")
+        if drop_outline_masks:
+            for pair in outlines:
+                problems.append({"file": pair.mask_relpath, "reason": "the mask looks like an outline, not a filled region (left out by the drop outline masks setting)"})
+            pairs = [pair for pair in pairs if pair not in outlines]
+            if len(pairs) < 2:
+                raise _too_few_pairs(source, len(pairs), problems)
+        else:
+            warnings.append(
+                f"{len(outlines)} masks look like outlines rather than filled regions ({names}): their object "
+                "pixels form thin bands. A model learns outlines from them, and its IoU on them stays low. "
+                "Fill those masks, or leave them out (the drop outline masks setting)."
+            )
+    train, val = split_pairs(pairs, val_fraction, seed)
     if problems:
         warnings.insert(0, f"{len(problems)} files were left out because they could not be paired or read; see the problems list.")
     report = SegmentationReport(
@@ -160,6 +197,7 @@ def load_segmentation_data(
         ignored_system_files=scan.ignored_system_files,
         layout=scan.layout,
         trimap_border=trimap_border if convention.kind == "trimap" else None,
+        outline_masks=[pair.mask_relpath for pair in outlines],
         split_counts={"train": len(train), "val": len(val)},
     )
     log.info("segmentation data %s: %d pairs, %d problems, %s", source, len(pairs), len(problems), convention.description)
