@@ -26,7 +26,18 @@ from test_browser import (
     wait_for_curves,
 )
 
+from tlapp.training import TrainConfig, train
+
+C01_ZIP = HARDCASES / "C01_control_3class" / "control_3class.zip"
 C02_ZIP = HARDCASES / "C02_control_seg" / "control_seg.zip"
+TEACHER_NAME = "2024-01-01_000000_teacher"
+
+# Returns the chart title (without the <b> tags Streamlit adds) and the trace names of every Plotly chart.
+CHART_TRACES_JS = """
+() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(plot => ({
+    title: (((plot.layout || {}).title || {}).text || '').replace(/<[^>]+>/g, ''),
+    names: (plot.data || []).map(trace => trace.name || '')}))
+"""
 
 
 def move_select_slider_to_start(page, label: str) -> None:
@@ -108,5 +119,55 @@ def test_browser_segmentation(server, tmp_path):
             assert set(np.unique(np.asarray(mask))) <= {0, 1}
             page.mouse.move(0, 0)  # no tooltip in the screenshot
             shot(page, "segmentation_predict")
+        finally:
+            browser.close()
+
+
+def test_browser_distillation(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    base_url, workspace = server
+    # The teacher is trained through the engine, straight into the test's workspace.
+    with zipfile.ZipFile(C01_ZIP) as archive:
+        archive.extractall(tmp_path / "shapes")
+    train(tmp_path / "shapes", TrainConfig(epochs=1), workspace / "runs" / TEACHER_NAME)
+
+    with sync_playwright() as playwright:
+        browser = launch_browser(playwright)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(STEP_TIMEOUT_MS)
+        try:
+            # Distil: one epoch, one view per image, one timed pass per speed measurement.
+            open_page(page, base_url, "distillation")
+            page.get_by_role("button", name="Start distillation").wait_for()
+            set_slider(page, "Epochs", 1)
+            set_slider(page, "Views per image", 1)
+            page.get_by_text("More settings").click()
+            set_slider(page, "Timed passes per speed measurement", 1)
+            shot(page, "distillation_settings")
+            page.get_by_role("button", name="Start distillation").click()
+            wait_for_curves(page, 1)
+            page.get_by_text("Both students are trained and measured.").wait_for(timeout=TRAINING_TIMEOUT_MS)
+            wait_for_app(page)
+            shot(page, "distillation_train")
+
+            # Compare: the table and the charts have a row or point for each of the three models.
+            page.get_by_role("button", name="Next: compare them with the teacher").click()
+            page.get_by_text("The distilled student has").wait_for()
+            page.locator('[data-testid="stDataFrame"]').first.wait_for()
+            wait_for_app(page)
+            charts = {chart["title"]: chart["names"] for chart in page.evaluate(CHART_TRACES_JS)}
+            assert charts["Accuracy against speed"] == ["teacher", "distilled student", "student on labels only"]
+            assert page.locator('[data-testid="stDataFrame"]').count() == 2
+            shot(page, "distillation_compare")
+
+            # Temperature explorer: the teacher's probabilities at five temperatures for a validation image.
+            open_tab(page, "Temperature explorer")
+            page.get_by_text("Teacher's probabilities at each temperature T").wait_for()
+            wait_for_app(page)
+            bars = [trace for trace in plot_traces(page) if trace["type"] == "bar"]
+            assert len(bars) == 5
+            assert all(trace["x"] == ["circle", "square", "triangle"] for trace in bars)
+            shot(page, "distillation_temperature")
         finally:
             browser.close()

@@ -316,29 +316,34 @@ def distillation_curves_figure(histories: Mapping[str, Sequence[Mapping]]) -> go
 
 
 def accuracy_latency_figure(rows: Sequence[Mapping]) -> go.Figure:
-    """Build a scatter of validation accuracy against CPU latency per image, one point per model and batch size.
+    """Build a scatter of validation accuracy against CPU time per image, one trace per model.
 
-    ``rows`` are comparison rows with ``label``, ``val_accuracy``, ``latency_ms_batch1`` and
-    ``latency_ms_batch32``; a latency of None (not measured) leaves the point out.
+    ``rows`` are comparison rows with ``label``, ``role``, ``val_accuracy``, ``latency_ms_batch1``
+    and ``latency_ms_batch32``. Each model gets a filled circle at batch size 1 and an open
+    diamond at batch size 32, joined by a dotted line; a latency of None (not measured) leaves
+    its point out.
     """
     figure = go.Figure()
-    for batch_size, symbol in ((1, "circle"), (32, "diamond-open")):
-        key = f"latency_ms_batch{batch_size}"
-        shown = [row for row in rows if row.get(key) is not None]
+    for row in rows:
+        points = [
+            (row.get(f"latency_ms_batch{batch_size}"), batch_size, symbol)
+            for batch_size, symbol in ((1, "circle"), (32, "diamond-open"))
+        ]
+        points = [point for point in points if point[0] is not None]
         figure.add_trace(
             go.Scatter(
-                x=[row[key] for row in shown],
-                y=[row["val_accuracy"] for row in shown],
-                mode="markers+text" if batch_size == 1 else "markers",
-                text=[row["label"] for row in shown],
-                textposition="top center",
-                name=f"batch of {batch_size}",
-                marker={"size": 14, "symbol": symbol, "color": [_role_color(row) for row in shown]},
-                hovertemplate="%{text}: %{y:.1%} at %{x:.1f} ms per image<extra>batch of " + str(batch_size) + "</extra>",
+                x=[latency for latency, _, _ in points],
+                y=[row["val_accuracy"]] * len(points),
+                mode="lines+markers",
+                name=row["label"],
+                line={"color": _role_color(row), "dash": "dot", "width": 1},
+                marker={"size": 14, "symbol": [symbol for _, _, symbol in points], "color": _role_color(row)},
+                customdata=[batch_size for _, batch_size, _ in points],
+                hovertemplate=row["label"] + ": %{y:.1%} at %{x:.1f} ms per image in batches of %{customdata}<extra></extra>",
             )
         )
-    figure.update_xaxes(title_text="CPU time per image (ms, lower is faster)", rangemode="tozero")
-    figure.update_yaxes(title_text="validation accuracy", range=[0, 1.1], tickformat=".0%")
+    figure.update_xaxes(title_text="CPU time per image (ms; circle: batch of 1, diamond: batch of 32)", rangemode="tozero")
+    figure.update_yaxes(title_text="validation accuracy", range=[0, 1.05], tickformat=".0%")
     figure.update_layout(title="Accuracy against speed", legend={"orientation": "h", "y": -0.3})
     return _compact(figure, 380)
 
