@@ -91,17 +91,17 @@ def bump(counter: str) -> None:
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def _load_pairs_cached(path: str, fingerprint: tuple) -> SegmentationData:
-    return load_segmentation_data(path)
+def _load_pairs_cached(path: str, fingerprint: tuple, drop_outline_masks: bool) -> SegmentationData:
+    return load_segmentation_data(path, drop_outline_masks=drop_outline_masks)
 
 
-def load_pairs(path: Path) -> SegmentationData:
+def load_pairs(path: Path, drop_outline_masks: bool = False) -> SegmentationData:
     """Pair and check a dataset with the engine, cached until a file in it changes.
 
     The cached object is shared by every session, so pages must not rename its classes: the
     names typed on the page go into the run's configuration instead.
     """
-    return _load_pairs_cached(str(path), dataset_fingerprint(path))
+    return _load_pairs_cached(str(path), dataset_fingerprint(path), drop_outline_masks)
 
 
 @st.cache_resource(max_entries=512, show_spinner=False)
@@ -254,7 +254,7 @@ def load_chosen(choice: DatasetChoice) -> SegmentationData | None:
     """Load the chosen dataset, showing the engine's error (and keeping the page alive) when it fails."""
     try:
         with st.spinner(f"Pairing and checking every image and mask of '{choice.name}'..."):
-            return load_pairs(choice.path)
+            return load_pairs(choice.path, drops_outlines(choice))
     except TlappError as error:
         show_error(error)
         return None
@@ -264,8 +264,17 @@ def class_name_key(choice: DatasetChoice, index: int) -> str:
     return f"seg_class_{choice.source}_{choice.name}_{index}"
 
 
-def keep_class_name(key: str) -> None:
-    """Copy a class-name input into a plain session key, which survives while the Pairs tab is closed.
+def outlines_key(choice: DatasetChoice) -> str:
+    return f"seg_drop_outlines_{choice.source}_{choice.name}"
+
+
+def drops_outlines(choice: DatasetChoice) -> bool:
+    """Return whether the user chose to leave out this dataset's masks that look like outlines."""
+    return bool(st.session_state.get(outlines_key(choice), False))
+
+
+def keep_input(key: str) -> None:
+    """Copy an input of the Pairs tab into a plain session key, which survives while the tab is closed.
 
     Streamlit drops the state of widgets that a run does not draw, and the Train tab runs without
     the Pairs tab's inputs.
@@ -300,6 +309,16 @@ def show_report(choice: DatasetChoice, data: SegmentationData) -> None:
     st.info(f"**Masks read as** {report.convention}", icon=":material/palette:")
     for warning in report.warnings:
         st.warning(warning, icon=":material/warning:")
+    if report.outline_masks:
+        key = outlines_key(choice)
+        st.checkbox(
+            f"Leave out the {len(report.outline_masks)} masks that look like outlines",
+            value=drops_outlines(choice),
+            key=f"{key}_input",
+            on_change=keep_input,
+            args=(key,),
+            help="Their pairs are then listed as problems and not used for training or validation.",
+        )
 
     st.subheader("Classes")
     st.caption("Rename the classes if you like: the names are stored with the run and shown in the results.")
@@ -310,7 +329,7 @@ def show_report(choice: DatasetChoice, data: SegmentationData) -> None:
         colour = colours[index] if index < len(colours) else [128, 128, 128]
         cells[0].image(Image.new("RGB", (SWATCH_SIDE, SWATCH_SIDE), tuple(colour[:3])), width=SWATCH_SIDE)
         key = class_name_key(choice, index)
-        cells[1].text_input(f"Name of class {index}", value=name, key=f"{key}_input", on_change=keep_class_name, args=(key,))
+        cells[1].text_input(f"Name of class {index}", value=name, key=f"{key}_input", on_change=keep_input, args=(key,))
         in_files = _mask_value_text(report, index)
         cells[2].caption(in_files)
     problem = class_name_problem(names)
@@ -321,7 +340,7 @@ def show_report(choice: DatasetChoice, data: SegmentationData) -> None:
     show_preview(data)
     if report.problems:
         st.subheader(f"Problems ({len(report.problems)})")
-        st.caption("These files are not used. The pairs listed above are.")
+        st.caption("These files are left out. Every pair counted above is used.")
         st.dataframe(
             pd.DataFrame(report.problems).rename(columns={"file": "File", "reason": "Reason"}), hide_index=True, width="stretch"
         )
@@ -588,6 +607,7 @@ def show_train_tab(ws_id: str, store: SegmentationStore) -> None:
         config = SegmentationConfig(
             backbone=spec.name,
             freeze=frozen,
+            drop_outline_masks=drops_outlines(choice),
             class_names=[name.strip() for name in names] if names != data.classes else None,
             **options,
         )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import HARDCASES, SHARED
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from tlapp.jobs import get_manager
@@ -59,6 +62,27 @@ def upload_c02(at: AppTest) -> AppTest:
 def zip_members(prefix: str) -> dict[str, bytes]:
     with zipfile.ZipFile(C02_ZIP) as archive:
         return {Path(name).name: archive.read(name) for name in sorted(archive.namelist()) if name.startswith(prefix)}
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def outline_zip() -> bytes:
+    """Return a zip of 8 pairs of 64 px: 6 masks with a filled square, 2 with only its 2-pixel outline."""
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for index in range(8):
+            archive.writestr(f"images/pair_{index}.png", png(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)))
+            mask = np.zeros((64, 64), np.uint8)
+            mask[12:52, 12:52] = 255
+            if index >= 6:
+                mask[14:50, 14:50] = 0
+            archive.writestr(f"masks/pair_{index}.png", png(mask))
+    return buffer.getvalue()
 
 
 def test_missing_pairs_explained(page):
@@ -115,6 +139,23 @@ def test_files_side_by_side_report_missing_mask(page):
     problems = at.dataframe[-1].value
     assert list(problems["File"]) == ["images/sample_04.jpg"]
     assert "no mask" in problems["Reason"][0]
+
+
+def test_outline_masks_left_out_on_request(page):
+    at = page
+    at.file_uploader[0].set_value(("outlines.zip", outline_zip(), "application/zip")).run()
+    assert not at.exception, [item.value for item in at.exception]
+    assert "outlines" in at.warning[0].value
+    assert texts(at.metric)[0] == "8"
+
+    at.checkbox(key="seg_drop_outlines_workspace_outlines_input").check().run()
+    assert texts(at.metric)[0] == "6"
+    problems = at.dataframe[-1].value
+    assert sorted(problems["File"]) == ["masks/pair_6.png", "masks/pair_7.png"]
+
+    # The choice outlives the Pairs tab, whose checkbox the Train tab does not draw.
+    at = open_tab(at, "Train")
+    assert "5 training and 1 validation pairs" in at.markdown[1].value
 
 
 def test_library_membrane_pairs(page):
