@@ -28,6 +28,9 @@ PREDICT = "pages/predict.py"
 
 THUMBNAIL_SIDE = 192
 
+# Shown under image uploaders, which take any file: the engine names each file it cannot read.
+IMAGE_FORMATS_CAPTION = "JPEG, PNG, WebP, HEIC, TIFF, BMP, GIF and every other format Pillow reads."
+
 
 def _leave_pages_directory_mode() -> None:
     """Rerun through app.py when Streamlit ran this page without it.
@@ -153,6 +156,11 @@ def epoch_history(run_dir: Path) -> list[dict]:
     job = get_manager().latest(run_dir)
     events = job.events if job is not None else read_events(run_dir)
     return [to_dict(event) for event in events if isinstance(event, EpochEnd) and not event.series]
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """Return the count with its noun: ``plural(1, "photo")`` is "1 photo", ``plural(3, "photo")`` "3 photos"."""
+    return f"{count} {singular if count == 1 else plural_form or singular + 's'}"
 
 
 def format_seconds(seconds: float | None) -> str:

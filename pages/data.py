@@ -2,20 +2,40 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pandas as pd
 import streamlit as st
 
-from pages._common import TRAIN, engine_errors, image_grid, link, load_dataset, show_error, thumbnail, workspace
+from pages._common import (
+    IMAGE_FORMATS_CAPTION,
+    TRAIN,
+    engine_errors,
+    image_grid,
+    link,
+    load_dataset,
+    plural,
+    show_error,
+    thumbnail,
+    workspace,
+)
 from tlapp.charts import class_counts_figure
 from tlapp.datasets import DatasetError
 from tlapp.errors import TlappError
-from tlapp.images import IMAGE_EXTENSIONS
-from tlapp.workspace import WORKSPACE, DatasetChoice, Workspace
+from tlapp.workspace import MAX_NAME_LENGTH, WORKSPACE, DatasetChoice, Workspace, dataset_fingerprint, safe_name
 
-UPLOAD_TYPES = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
 EXAMPLES_PER_CLASS = 6
+# Rejected uploads named in the notice itself; a longer list also gets a table.
+MAX_LISTED_REJECTIONS = 5
+UNSAFE_NAME_RULE = "class names cannot contain / \\ : * ? \" < > | or start or end with a dot"
 NEW_DATASET = "New dataset"
+HIDE_STALE_CSS = "<style>[data-testid='stMain'] [data-stale='true'] {display: none;}</style>"
 ZIP_TAB, BUILDER_TAB, LIBRARY_TAB = TABS = ("Upload a zip", "Build class by class", "Instructor's library")
+
+
+def notify(text: str, level: str = "success") -> None:
+    """Queue a message for the top of the page after the next rerun; ``level`` is success, info or warning."""
+    st.session_state.setdefault("data_notices", []).append((level, text))
 
 
 def bump(counter: str) -> None:
@@ -36,7 +56,7 @@ def show_zip_upload(ws: Workspace) -> None:
     with st.spinner(f"Unpacking {uploaded.name}..."), engine_errors(f"unpacking {uploaded.name}", stop=False):
         name = ws.save_zip(uploaded.name, uploaded)
         ws.select_dataset(DatasetChoice(WORKSPACE, name, ws.datasets_dir / name))
-        st.session_state["data_notice"] = f"Unpacked {uploaded.name} into the dataset '{name}'."
+        notify(f"Unpacked {uploaded.name} into the dataset '{name}'.")
         bump("zip_counter")
         st.rerun()
 
@@ -64,12 +84,8 @@ def show_class_builder(ws: Workspace) -> None:
         columns = st.columns([3, 1], vertical_alignment="bottom")
         class_name = columns[0].text_input("New class name", placeholder="for example: cats", key="builder_class_name")
         added = columns[1].form_submit_button("Add class", icon=":material/add:", key="builder_add_class")
-        if added and class_name.strip():
-            with engine_errors("creating the class", stop=False):
-                label = ws.create_class(dataset, class_name)
-                st.session_state["builder_pending"] = ws.dataset_dir(dataset).name
-                st.session_state["data_notice"] = f"Created class '{label}' in '{dataset}'. Now add its photos."
-                st.rerun()
+    if added:
+        add_class(ws, dataset, class_name)
 
     if dataset not in ws.list_datasets():
         return
@@ -77,6 +93,34 @@ def show_class_builder(ws: Workspace) -> None:
         classes = ws.list_classes(dataset)
     for label, count in classes.items():
         show_class_uploader(ws, dataset, label, count)
+
+
+def add_class(ws: Workspace, dataset: str, class_name: str) -> None:
+    """Create a class from the typed name, saying when the name was changed or the class existed."""
+    typed = " ".join(unicodedata.normalize("NFC", class_name).split())
+    if not typed:
+        st.warning("Type a name for the new class first, for example 'cats'.", icon=":material/warning:")
+        return
+    with engine_errors("creating the class", stop=False):
+        stored_dataset = safe_name(dataset, "dataset name")
+        existing = ws.list_classes(stored_dataset) if stored_dataset in ws.list_datasets() else {}
+        label = ws.create_class(stored_dataset, typed)
+        renamed = ""
+        if label != typed:
+            rule = f"class names are at most {MAX_NAME_LENGTH} characters" if len(typed) > MAX_NAME_LENGTH else UNSAFE_NAME_RULE
+            renamed = f" '{typed}' was saved as '{label}' because {rule}."
+        if label in existing:
+            notify(
+                f"Class '{label}' already exists in '{stored_dataset}', so no class was created. "
+                f"Photos you add to it below join the ones already there.{renamed}",
+                "info",
+            )
+        elif renamed:
+            notify(f"Created class '{label}' in '{stored_dataset}'.{renamed}", "warning")
+        else:
+            notify(f"Created class '{label}' in '{stored_dataset}'. Now add its photos.")
+        st.session_state["builder_pending"] = stored_dataset
+        st.rerun()
 
 
 def _default_builder_choice(ws: Workspace, options: list[str]) -> str:
@@ -88,25 +132,39 @@ def _default_builder_choice(ws: Workspace, options: list[str]) -> str:
 
 def show_class_uploader(ws: Workspace, dataset: str, label: str, count: int) -> None:
     counter = f"class_counter_{dataset}_{label}"
-    with st.expander(f"{label}: {count} photos (open to add more)", expanded=count < 2):
+    with st.expander(f"{label}: {plural(count, 'photo')} (open to add more)", expanded=count < 2):
+        # No type filter: every file reaches add_images, which names each one it cannot use and why.
         uploaded = st.file_uploader(
             f"Photos of {label}",
-            type=UPLOAD_TYPES,
             accept_multiple_files=True,
             key=f"class_upload_{dataset}_{label}_{st.session_state.get(counter, 0)}",
         )
+        st.caption(IMAGE_FORMATS_CAPTION)
         if not uploaded:
             return
-        with st.spinner(f"Saving {len(uploaded)} photos..."), engine_errors("saving the photos", stop=False):
+        with st.spinner(f"Checking and saving {plural(len(uploaded), 'file')}..."), engine_errors("saving the photos", stop=False):
             result = ws.add_images(dataset, label, [(file.name, file) for file in uploaded])
             ws.select_dataset(DatasetChoice(WORKSPACE, dataset, ws.datasets_dir / dataset))
-            notice = f"Added {len(result.saved)} photos to '{label}'."
-            if result.duplicates:
-                notice += f" {len(result.duplicates)} were already there."
-            st.session_state["data_notice"] = notice
-            st.session_state["data_rejected"] = result.rejected
+            notify(upload_notice(label, result.saved, result.duplicates, result.rejected), "warning" if result.rejected else "success")
+            if len(result.rejected) > MAX_LISTED_REJECTIONS:
+                st.session_state["data_rejected"] = result.rejected
             bump(counter)
             st.rerun()
+
+
+def upload_notice(label: str, saved: list[str], duplicates: list[str], rejected: list[dict]) -> str:
+    """Return the sentence that reports an upload: photos added, already there, and files not added with why."""
+    notice = f"Added {plural(len(saved), 'photo')} to '{label}'"
+    if rejected:
+        listed = ", ".join(f"{entry['file']} ({entry['reason']})" for entry in rejected[:MAX_LISTED_REJECTIONS])
+        more = len(rejected) - MAX_LISTED_REJECTIONS
+        if more > 0:
+            listed += f" and {more} more, listed in the table below"
+        notice += f"; {plural(len(rejected), 'file was', 'files were')} not added: {listed}"
+    notice += "."
+    if duplicates:
+        notice += f" {plural(len(duplicates), 'file was', 'files were')} already in the class."
+    return notice
 
 
 def show_library(ws: Workspace) -> None:
@@ -124,18 +182,21 @@ def show_library(ws: Workspace) -> None:
     if st.button("Use this dataset", key="library_use", icon=":material/check:"):
         choice = library[names.index(name)]
         ws.select_dataset(choice)
-        st.session_state["data_notice"] = f"Using the library dataset '{choice.name}'."
+        notify(f"Using the library dataset '{choice.name}'.")
         st.rerun()
 
 
 def show_notices() -> None:
-    notice = st.session_state.pop("data_notice", None)
-    if notice:
-        st.success(notice, icon=":material/check_circle:")
+    for level, text in st.session_state.pop("data_notices", []):
+        if level == "warning":
+            st.warning(text, icon=":material/warning:")
+        elif level == "info":
+            st.info(text, icon=":material/info:")
+        else:
+            st.success(text, icon=":material/check_circle:")
     rejected = st.session_state.pop("data_rejected", None)
     if rejected:
-        st.warning(f"{len(rejected)} files were not added:", icon=":material/warning:")
-        st.dataframe(pd.DataFrame(rejected), hide_index=True)
+        st.dataframe(pd.DataFrame(rejected).rename(columns={"file": "File", "reason": "Reason"}), hide_index=True)
 
 
 def show_chooser(ws: Workspace) -> DatasetChoice | None:
@@ -159,28 +220,43 @@ def show_chooser(ws: Workspace) -> DatasetChoice | None:
         if columns[1].button("Delete", key="dataset_delete", icon=":material/delete:", help="Delete this dataset from your workspace"):
             with engine_errors("deleting the dataset"):
                 ws.delete_dataset(current.name)
-            st.session_state["data_notice"] = f"Deleted the dataset '{current.name}'."
+            notify(f"Deleted the dataset '{current.name}'.")
             st.rerun()
     return current
 
 
 def show_report(choice: DatasetChoice) -> None:
+    """Check the chosen dataset and show its report."""
+    files = (str(choice.path), dataset_fingerprint(choice.path))
+    if st.session_state.get("data_report_files") != files:
+        # Streamlit keeps the previous run's elements on screen, marked data-stale, until this
+        # run replaces them or ends (replacing them by an empty placeholder does not remove
+        # them in Streamlit 1.67). The check below can take seconds, so the report of other
+        # files would show under the new name meanwhile: hide what is stale in this run.
+        st.html(HIDE_STALE_CSS)
+    st.session_state["data_report_files"] = files
     try:
         with st.spinner(f"Checking every image of '{choice.name}'..."):
             collection = load_dataset(choice.path)
-    except DatasetError as error:
-        show_error(error)
-        if error.report is not None and error.report.skipped:
-            show_skipped(error.report.skipped)
-        st.caption(
-            "Your files are kept. Fix the dataset (for example, add a class and its photos in the "
-            "'Build class by class' tab, or upload a corrected zip) and the check runs again."
-        )
-        st.stop()
     except TlappError as error:
-        show_error(error)
+        show_dataset_problem(error)
         st.stop()
+    _draw_report(collection)
 
+
+def show_dataset_problem(error: TlappError) -> None:
+    show_error(error)
+    if not isinstance(error, DatasetError):
+        return
+    if error.report is not None and error.report.skipped:
+        show_skipped(error.report.skipped)
+    st.caption(
+        "Your files are kept. Fix the dataset (for example, add a class and its photos in the "
+        "'Build class by class' tab, or upload a corrected zip) and the check runs again."
+    )
+
+
+def _draw_report(collection) -> None:
     report = collection.report
     columns = st.columns(4)
     columns[0].metric("Images", report.num_images)
