@@ -37,6 +37,19 @@ BATCH_SIZES = [8, 16, 32, 64]
 PREVIEW_VIEWS = 6
 REFRESH_SECONDS = 1.5
 STATIC_CHART = {"displayModeBar": False}  # small charts need no zoom or download toolbar
+MISSING = "–"  # shown in the runs table for a value a run does not have (yet)
+# Columns of the "All runs" table. The widths (pixels) add up to 890, so the table fits beside
+# the sidebar in a 1400-pixel-wide window, with the longest run and backbone names in full.
+RUNS_COLUMNS = {
+    "run": st.column_config.TextColumn(width=255),
+    "status": st.column_config.TextColumn(width=90, help="interrupted: the server restarted while the run was going"),
+    "backbone": st.column_config.TextColumn(width=185, help="(scratch): trained from random weights, without ImageNet"),
+    "frozen stages": st.column_config.NumberColumn("frozen", width=60, help="Stages that kept their ImageNet weights"),
+    "epochs": st.column_config.NumberColumn(width=60, help="Epochs run, or planned while the run is going"),
+    "augmentation": st.column_config.TextColumn("augment", width=70),
+    "validation accuracy": st.column_config.NumberColumn("val. accuracy", width=95, format="percent"),
+    "training time": st.column_config.TextColumn("time", width=75),
+}
 
 WEIGHTS_STATUS = {
     "bundled": "bundled with the app (works offline)",
@@ -44,6 +57,8 @@ WEIGHTS_STATUS = {
     "download": "downloaded on first use (needs internet)",
     "missing": "missing: its weights package is not installed",
 }
+# Shorter status words for the runs table, where the column help explains "interrupted".
+TABLE_STATUS_LABELS = {"queued": "queued", "running": "running", "done": "finished", "stopped": "stopped", "failed": "failed", INTERRUPTED: "interrupted"}
 STATUS_LABELS = {
     "queued": "waiting in the queue",
     "running": "running",
@@ -165,10 +180,27 @@ def _denormalise(tensor: torch.Tensor, preprocessing: backbones.Preprocessing) -
     return (tensor * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
+@st.cache_resource(show_spinner=False)
+def started_settings() -> dict[str, dict]:
+    """Return the settings of each run started by this server process, keyed by run folder.
+
+    run.json is written only when a run ends with a model, so until then (and for a run stopped
+    before its first epoch) this is the only record of its backbone, frozen stages and epochs.
+    """
+    return {}
+
+
 def start_run(ws: Workspace, dataset: Path, config: TrainConfig) -> None:
     with engine_errors("starting the run"):
         config.validate()
         run_dir = ws.new_run_dir(config.backbone)
+        started_settings()[str(run_dir)] = {
+            "backbone": config.backbone,
+            "pretrained": config.pretrained,
+            "frozen_stages": backbones.resolve_freeze(backbones.get_spec(config.backbone), config.freeze),
+            "epochs": config.epochs,
+            "augment": config.augment,
+        }
         get_manager().submit(
             "train", run_dir, lambda stop: train_classifier(dataset, config, run_dir, stop), owner=ws.id
         )
@@ -226,6 +258,8 @@ def draw_run(run_dir: Path, job: Job | None, status: str) -> None:
         st.plotly_chart(curves_figure({run_dir.name: history}), key="live_curves")
     if status in ("done", "stopped") and (run_dir / "metrics.json").is_file():
         draw_result(run_dir)
+    elif status == "stopped":
+        st.info("Stopped before the first epoch finished; no model was kept.", icon=":material/info:")
     elif status == INTERRUPTED:
         st.caption("This run never finished. Start a new one; this folder can be deleted below.")
 
@@ -233,6 +267,8 @@ def draw_run(run_dir: Path, job: Job | None, status: str) -> None:
 def draw_progress(events: list) -> None:
     progress = next((event for event in reversed(events) if isinstance(event, Progress)), None)
     last_epoch = next((event for event in reversed(events) if isinstance(event, EpochEnd)), None)
+    # The time left is the engine's estimate from its newest Progress or EpochEnd event.
+    latest = next((event for event in reversed(events) if isinstance(event, (Progress, EpochEnd))), None)
     if progress is None:
         st.progress(0.0, text="Loading the dataset and the backbone...")
         return
@@ -245,8 +281,9 @@ def draw_progress(events: list) -> None:
         "evaluate": "Evaluating the best epoch",
     }
     text = steps.get(progress.stage, progress.message or progress.stage)
-    if progress.eta is not None:
-        text += f" · about {format_seconds(progress.eta)} left"
+    # The last Progress event of a step has eta 0, which covers that step only, so it is left out.
+    if latest.eta is not None and latest.eta >= 1:
+        text += f" · about {format_seconds(latest.eta)} left"
     if last_epoch is not None and progress.stage == "train":
         text += f" · last validation accuracy {last_epoch.val_accuracy:.1%}"
     st.progress(min(1.0, fraction), text=text)
@@ -269,10 +306,7 @@ def show_runs(ws: Workspace) -> None:
     if not run_dirs:
         return
     st.header("All runs")
-    rows = [_run_row(run_dir) for run_dir in run_dirs]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
-        "validation accuracy": st.column_config.NumberColumn(format="percent"),
-    })
+    st.dataframe(runs_table(run_dirs), hide_index=True, width="stretch", column_config=RUNS_COLUMNS, placeholder=MISSING)
 
     names = [run_dir.name for run_dir in run_dirs]
     with_curves = [name for name in names if epoch_history(ws.runs_dir / name)]
@@ -296,22 +330,47 @@ def show_runs(ws: Workspace) -> None:
             st.rerun()
 
 
+def runs_table(run_dirs: list[Path]) -> pd.DataFrame:
+    """Return one row per run; what a run does not have (yet) is missing (NA), never a guess."""
+    table = pd.DataFrame([_run_row(run_dir) for run_dir in run_dirs], columns=list(RUNS_COLUMNS))
+    table["validation accuracy"] = table["validation accuracy"].astype("Float64")
+    for column in ("frozen stages", "epochs"):
+        table[column] = table[column].astype("Int64")
+    return table
+
+
 def _run_row(run_dir: Path) -> dict:
-    row = {"run": run_dir.name, "status": STATUS_LABELS.get(run_status(run_dir), "")}
+    """Return a run's row from its run.json, or from its settings at start while it has none."""
+    row = {"run": run_dir.name, "status": TABLE_STATUS_LABELS.get(run_status(run_dir), "")}
     try:
         run = load_run(run_dir)
     except (TlappError, ValueError, OSError):
-        return row
-    config = run.info.get("config", {})
-    row.update(
-        {
+        run = None
+    if run is not None:
+        config = run.info.get("config", {})
+        settings = {
             "backbone": run.info.get("backbone"),
             "pretrained": config.get("pretrained"),
-            "frozen stages": run.info.get("frozen_stages"),
+            "frozen_stages": run.info.get("frozen_stages"),
             "epochs": run.metrics.get("epochs_run"),
-            "augmentation": config.get("augment"),
-            "validation accuracy": run.metrics.get("val_accuracy"),
-            "training time": format_seconds(run.metrics.get("train_seconds")),
+            "augment": config.get("augment"),
+        }
+    else:
+        settings = started_settings().get(str(run_dir), {})
+    backbone = settings.get("backbone")
+    if backbone is not None and settings.get("pretrained") is False:
+        backbone += " (scratch)"
+    augmentation = None
+    if settings.get("augment") is not None:
+        augmentation = "yes" if settings["augment"] else "no"
+    row.update(
+        {
+            "backbone": backbone,
+            "frozen stages": settings.get("frozen_stages"),
+            "epochs": settings.get("epochs"),
+            "augmentation": augmentation,
+            "validation accuracy": run.metrics.get("val_accuracy") if run else None,
+            "training time": format_seconds(run.metrics["train_seconds"]) if run and "train_seconds" in run.metrics else None,
         }
     )
     return row
