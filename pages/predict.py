@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 import streamlit as st
+from PIL import Image
 
-from pages._common import TRAIN, engine_errors, require, workspace
+from pages._common import IMAGE_FORMATS_CAPTION, TRAIN, engine_errors, plural, require, workspace
 from tlapp.charts import top_classes_figure
-from tlapp.images import IMAGE_EXTENSIONS, ImageError, load_rgb
+from tlapp.images import ImageError, load_rgb
 from tlapp.runs import Run, list_runs, load_predictor
 
-UPLOAD_TYPES = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
 TOP_CLASSES = 5
 MAX_CHARTS = 20  # beyond this many photos, only the table shows them
 
@@ -38,23 +40,34 @@ def collect_inputs() -> list:
     """Return the uploaded files and the camera photo (Streamlit UploadedFile objects)."""
     upload_tab, camera_tab = st.tabs(["Upload photos", "Take a photo"])
     with upload_tab:
-        uploaded = st.file_uploader("Photos to classify", type=UPLOAD_TYPES, accept_multiple_files=True, key="predict_files")
+        # No type filter: a file that is not a readable image gets an error naming it, and a row in the table.
+        uploaded = st.file_uploader("Photos to classify", accept_multiple_files=True, key="predict_files")
+        st.caption(IMAGE_FORMATS_CAPTION)
     with camera_tab:
         photo = st.camera_input("Camera", key="predict_camera")
     return [*(uploaded or []), *([photo] if photo is not None else [])]
 
 
-def decode(files: list) -> tuple[list, list[str]]:
-    """Decode each file; show an error naming each unreadable one and return the rest."""
-    images, names = [], []
+@dataclass
+class Upload:
+    """One uploaded file: its decoded image, or the reason it could not be read."""
+
+    name: str
+    image: Image.Image | None
+    error: str = ""
+
+
+def decode(files: list) -> list[Upload]:
+    """Decode each file, in order; show an error naming each unreadable one."""
+    uploads = []
     for file in files:
         try:
-            images.append(load_rgb(file, name=file.name))
-            names.append(file.name)
+            uploads.append(Upload(file.name, load_rgb(file, name=file.name)))
         except ImageError as error:
             hint = f" {error.hint}" if error.hint else ""
             st.error(f"{file.name} was not classified: {error.reason}.{hint}", icon=":material/error:")
-    return images, names
+            uploads.append(Upload(file.name, None, error.reason))
+    return uploads
 
 
 def show_predictions(images: list, names: list[str], predictions: list[list[tuple[str, float]]]) -> None:
@@ -70,22 +83,30 @@ def show_predictions(images: list, names: list[str], predictions: list[list[tupl
             st.plotly_chart(top_classes_figure(ranked[:TOP_CLASSES]), key=f"prediction_{index}", config={"displayModeBar": False})
 
 
-def show_table(names: list[str], predictions: list[list[tuple[str, float]]], classes: list[str]) -> None:
+def prediction_table(uploads: list[Upload], predictions: list[list[tuple[str, float]]], classes: list[str]) -> pd.DataFrame:
+    """Return one row per uploaded file, in upload order; an unreadable file has only its error.
+
+    ``predictions`` contains the ranked classes of the readable uploads, in the same order.
+    """
+    ranked_lists = iter(predictions)
     rows = []
-    for name, ranked in zip(names, predictions):
-        probabilities = dict(ranked)
-        rows.append(
-            {
-                "file": name,
-                "predicted class": ranked[0][0],
-                "probability": ranked[0][1],
-                **{f"p({label})": probabilities.get(label, 0.0) for label in classes},
-            }
-        )
-    table = pd.DataFrame(rows)
+    for upload in uploads:
+        row = {"file": upload.name, "predicted class": None, "probability": None, **{f"p({label})": None for label in classes}}
+        if upload.image is not None:
+            ranked = next(ranked_lists)
+            probabilities = dict(ranked)
+            row["predicted class"], row["probability"] = ranked[0]
+            row.update({f"p({label})": probabilities.get(label, 0.0) for label in classes})
+        row["error"] = upload.error
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def show_table(table: pd.DataFrame, classes: list[str]) -> None:
     percent = st.column_config.NumberColumn(format="percent")
     formats = {"probability": percent, **{f"p({label})": percent for label in classes}}
-    st.dataframe(table, hide_index=True, width="stretch", column_config=formats)
+    # An unreadable file has no prediction: its cells show blank instead of "None".
+    st.dataframe(table, hide_index=True, width="stretch", column_config=formats, placeholder="")
     st.download_button(
         "Download the table (CSV)",
         table.to_csv(index=False).encode("utf-8"),
@@ -111,11 +132,12 @@ if not files:
 
 with st.spinner("Loading the model..."), engine_errors("loading the model"):
     predictor = load_predictor(run.path)
-images, names = decode(files)
-if not images:
-    st.stop()
-with st.spinner(f"Classifying {len(images)} photos..."), engine_errors("classifying the photos"):
-    predictions = predictor.predict(images, names, top=len(predictor.classes))
-show_predictions(images, names, predictions)
-if len(images) > 1:
-    show_table(names, predictions, predictor.classes)
+uploads = decode(files)
+readable = [upload for upload in uploads if upload.image is not None]
+images, names = [upload.image for upload in readable], [upload.name for upload in readable]
+predictions = []
+if images:
+    with st.spinner(f"Classifying {plural(len(images), 'photo')}..."), engine_errors("classifying the photos"):
+        predictions = predictor.predict(images, names, top=len(predictor.classes))
+    show_predictions(images, names, predictions)
+show_table(prediction_table(uploads, predictions, predictor.classes), predictor.classes)
