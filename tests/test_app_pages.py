@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import threading
 import zipfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import HARDCASES
 from streamlit.testing.v1 import AppTest
 
-from tlapp.events import Message, to_dict
+from tlapp.events import EpochEnd, Message, Progress, Stopped, to_dict
 from tlapp.jobs import get_manager
 from tlapp.workspace import is_valid_workspace_id
 
@@ -18,6 +20,13 @@ APP = Path(__file__).resolve().parents[1] / "app.py"
 C01_ZIP = HARDCASES / "C01_control_3class" / "control_3class.zip"
 H24_ZIP = HARDCASES / "H24_only_one_class" / "dataset_single_class.zip"
 H09_POISON = HARDCASES / "H09_one_poison_file_reporting" / "files" / "square_10_download.jpg"
+MIXED_UPLOAD = [
+    HARDCASES / "H16_other_formats" / "files" / "circle_bitmap.bmp",
+    HARDCASES / "H08_truncated_corrupt" / "files" / "zero_bytes.jpg",
+    H09_POISON,
+    HARDCASES / "H17_heic" / "files" / "circle_IMG_4001.heic",
+    HARDCASES / "H01_grayscale" / "files" / "circle_gray_L.png",
+]
 TIMEOUT = 60
 TRAINING_TIMEOUT = 300
 
@@ -49,12 +58,58 @@ def app(tmp_path, monkeypatch, library):
     return open_page
 
 
+@pytest.fixture
+def hold_job():
+    """Return a function that submits a job which yields ``events`` and then waits until the test ends."""
+    release = threading.Event()
+    held = []
+
+    def submit(run_dir: Path, owner: str, events: list):
+        def work(stop):
+            yield from events
+            while not (release.is_set() or stop.is_set()):
+                release.wait(0.05)
+
+        job = get_manager().submit("train", run_dir, work, owner=owner)
+        held.append(job)
+        return job
+
+    yield submit
+    # Stop the page's runs first: they would start training once the held job ends.
+    for job in get_manager().jobs(owner="apptest"):
+        job.stop()
+    release.set()
+    for job in get_manager().jobs():
+        assert get_manager().wait(job, TIMEOUT)
+
+
 def texts(elements) -> list[str]:
     return [element.value for element in elements]
 
 
 def plotly_specs(at: AppTest) -> list[dict]:
     return [json.loads(element.proto.spec) for element in at.get("plotly_chart")]
+
+
+def missing_shown_as(dataframe) -> str | None:
+    """Return the text st.dataframe shows for missing values, or None for Streamlit's default ("None")."""
+    return dataframe.proto.placeholder if dataframe.proto.HasField("placeholder") else None
+
+
+def open_builder(open_page, dataset: str) -> AppTest:
+    """Open the class builder tab with a new dataset named ``dataset``."""
+    at = open_page("pages/data.py")
+    at.session_state["data_tab"] = "Build class by class"
+    at.run()
+    at.text_input(key="builder_new_name").set_value(dataset)
+    return at
+
+
+def add_class(at: AppTest, name: str) -> AppTest:
+    at.text_input(key="builder_class_name").set_value(name)
+    at.button(key="builder_add_class").click().run()
+    assert not at.exception
+    return at
 
 
 def pick_library_dataset(open_page) -> AppTest:
@@ -71,9 +126,11 @@ def train_two_epochs(open_page) -> AppTest:
     pick_library_dataset(open_page)
     at = open_page("pages/train.py")
     at.slider(key="train_epochs").set_value(2)
+    # The job manager is process-wide, so jobs of earlier tests are still listed.
+    earlier = set(get_manager().jobs(owner="apptest"))
     at.button(key="train_start").click().run()
     assert not at.exception
-    jobs = get_manager().jobs(owner="apptest")
+    jobs = [job for job in get_manager().jobs(owner="apptest") if job not in earlier]
     assert len(jobs) == 1
     assert get_manager().wait(jobs[0], TRAINING_TIMEOUT), "training did not finish in time"
     assert jobs[0].status == "done", jobs[0].events[-1]
@@ -165,6 +222,66 @@ def test_class_builder_adds_photos(app):
     assert texts(at.metric)[:2] == ["10", "2"]
 
 
+def test_class_builder_rejects_unusable_files(app):
+    at = open_builder(app, "mixed")
+    add_class(at, "x")
+    uploader = next(u for u in at.file_uploader if u.label == "Photos of x")
+    uploader.set_value([(path.name, path.read_bytes(), "application/octet-stream") for path in MIXED_UPLOAD]).run()
+    assert not at.exception
+
+    expected = (
+        "Added 3 photos to 'x'; 2 files were not added: zero_bytes.jpg (empty file (0 bytes)), "
+        "square_10_download.jpg (not an image: looks like an HTML page)."
+    )
+    assert texts(at.warning) == [expected]
+    assert not at.success
+    assert [expander.label for expander in at.expander] == ["x: 3 photos (open to add more)"]
+
+
+def test_class_builder_lists_many_rejections(app):
+    at = open_builder(app, "junk")
+    add_class(at, "x")
+    uploader = next(u for u in at.file_uploader if u.label == "Photos of x")
+    uploader.set_value([(f"note_{index}.txt", b"not a photo", "text/plain") for index in range(7)]).run()
+    assert not at.exception
+
+    warning = texts(at.warning)[0]
+    assert warning.startswith("Added 0 photos to 'x'; 7 files were not added: note_0.txt (")
+    assert warning.endswith(" and 2 more, listed in the table below.")
+    assert list(at.dataframe[0].value["File"]) == [f"note_{index}.txt" for index in range(7)]
+
+
+def test_class_builder_uploader_takes_any_file(app):
+    at = open_builder(app, "pets")
+    add_class(at, "cats")
+    uploader = next(u for u in at.file_uploader if u.label == "Photos of cats")
+    assert list(uploader.proto.type) == []
+    assert "JPEG, PNG, WebP, HEIC, TIFF, BMP, GIF and every other format Pillow reads." in texts(at.caption)
+
+
+@pytest.mark.parametrize(
+    ("typed", "level", "message"),
+    [
+        ("   ", "warning", "Type a name for the new class first, for example 'cats'."),
+        ("../evil", "warning", "'../evil' was saved as '_evil' because class names cannot contain / \\ : * ? \" < > | or start or end with a dot."),
+        ("a/b", "warning", "'a/b' was saved as 'a_b' because"),
+        ("circle", "info", "Class 'circle' already exists in 'shapes', so no class was created."),
+    ],
+)
+def test_class_builder_explains_names(app, tmp_path, typed, level, message):
+    at = open_builder(app, "shapes")
+    add_class(at, "circle")
+    assert "Created class 'circle' in 'shapes'. Now add its photos." in texts(at.success)
+
+    add_class(at, typed)
+    matching = [text for text in texts(getattr(at, level)) if message in text]
+    assert len(matching) == 1
+    assert not at.success
+    classes = sorted(path.name for path in (tmp_path / "workspaces" / "apptest" / "datasets" / "shapes").iterdir())
+    expected = {"   ": ["circle"], "../evil": ["_evil", "circle"], "a/b": ["a_b", "circle"], "circle": ["circle"]}
+    assert classes == expected[typed]
+
+
 def test_run_of_dead_server_shown_interrupted(app, tmp_path):
     pick_library_dataset(app)
     run_dir = tmp_path / "workspaces" / "apptest" / "runs" / "2024-01-01_000000_efficientnet_lite0"
@@ -174,7 +291,60 @@ def test_run_of_dead_server_shown_interrupted(app, tmp_path):
     at = app("pages/train.py")
     assert any("interrupted" in markdown.value for markdown in at.markdown)
     runs = at.dataframe[0].value
-    assert list(runs["status"]) == ["interrupted (the server restarted)"]
+    assert list(runs["status"]) == ["interrupted"]
+
+
+def test_run_stopped_in_queue_explained(app, tmp_path, hold_job):
+    from tlapp import backbones
+
+    hold_job(tmp_path / "other_participant_run", "someone-else", [])
+    pick_library_dataset(app)
+    at = app("pages/train.py")
+    at.slider(key="train_epochs").set_value(3)
+    at.button(key="train_start").click().run()
+    assert not at.exception
+    assert any("number 1 in the queue" in text for text in texts(at.info))
+    stages = backbones.get_spec(backbones.DEFAULT_BACKBONE).num_stages
+    queued = at.dataframe[0].value.iloc[0]
+    assert queued["status"] == "queued"
+    assert queued["backbone"] == backbones.DEFAULT_BACKBONE
+    assert queued["frozen stages"] == stages
+    assert queued["epochs"] == 3
+    assert pd.isna(queued["validation accuracy"])
+    assert pd.isna(queued["training time"])
+    assert missing_shown_as(at.dataframe[0]) == "–"
+
+    at.button(key="train_stop").click().run()
+    at.run()
+    assert not at.exception
+    assert "Stopped before the first epoch finished; no model was kept." in texts(at.info)
+    stopped = at.dataframe[0].value.iloc[0]
+    assert stopped["status"] == "stopped"
+    assert stopped["backbone"] == backbones.DEFAULT_BACKBONE
+    assert pd.isna(stopped["validation accuracy"])
+
+
+def test_progress_shows_engine_time_left(app, tmp_path, hold_job):
+    pick_library_dataset(app)
+    run_dir = tmp_path / "workspaces" / "apptest" / "runs" / "2024-01-01_000000_started_elsewhere"
+    run_dir.mkdir(parents=True)
+    events = [
+        Progress("train", 2, 10, 30.0, eta=500.0, epoch=1, message="epoch 1 of 3"),
+        EpochEnd(1, 3, 0.9, 0.6, 0.8, 0.5, 0.003, 40.0, eta=65.0, best=True),
+    ]
+    job = hold_job(run_dir, "apptest", events)
+    while len(job.events) < len(events):
+        threading.Event().wait(0.05)
+
+    at = app("pages/train.py")
+    progress = at.get("progress")
+    assert len(progress) == 1
+    assert "about 1 min 05 s left" in progress[0].proto.text
+    row = at.dataframe[0].value.iloc[0]
+    assert row["status"] == "running"
+    for column in ("backbone", "frozen stages", "epochs", "augmentation", "validation accuracy", "training time"):
+        assert pd.isna(row[column]), column
+    assert missing_shown_as(at.dataframe[0]) == "–"
 
 
 def test_train_evaluate_predict(app):
@@ -217,8 +387,12 @@ def test_train_evaluate_predict(app):
     assert len(bars) == 2
     assert sorted(bars[0]["data"][0]["y"]) == ["circle", "square", "triangle"]
     table = at.dataframe[0].value
-    assert list(table["file"]) == ["triangle.jpg", "circle.jpg"]
-    assert list(table.columns[-3:]) == ["p(circle)", "p(square)", "p(triangle)"]
+    assert list(table["file"]) == ["triangle.jpg", "download.jpg", "circle.jpg"]
+    assert list(table["error"]) == ["", "not an image: looks like an HTML page", ""]
+    assert list(table.columns[-4:]) == ["p(circle)", "p(square)", "p(triangle)", "error"]
+    assert pd.isna(table["probability"][1])
+    assert table["probability"][0] > 0
+    assert missing_shown_as(at.dataframe[0]) == ""
     assert len(at.get("download_button")) == 1
 
     at.file_uploader(key="predict_files").set_value(None)
@@ -227,4 +401,5 @@ def test_train_evaluate_predict(app):
     assert not at.error
     bars = [spec for spec in plotly_specs(at) if spec["data"][0].get("orientation") == "h"]
     assert len(bars) == 1
-    assert not at.dataframe
+    assert list(at.dataframe[0].value["file"]) == ["camera.jpg"]
+    assert len(at.get("download_button")) == 1
