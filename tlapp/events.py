@@ -16,7 +16,8 @@ class Progress:
     done: int
     total: int
     elapsed: float  # seconds since the job started
-    eta: float | None = None  # estimated seconds until the whole job ends
+    # Estimated seconds until this step ends; for "train", until the last epoch ends.
+    eta: float | None = None
     epoch: int | None = None
     message: str = ""
     kind: str = field(default="progress", init=False)
