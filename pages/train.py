@@ -208,9 +208,9 @@ def start_run(ws: Workspace, dataset: Path, config: TrainConfig) -> None:
 
 
 def current_run(ws: Workspace) -> Path | None:
-    """Return the run to follow: this workspace's active job, else the last started, else the newest."""
+    """Return the run to follow: this workspace's active training job, else the last started, else the newest."""
     for job in get_manager().jobs(owner=ws.id):
-        if job.active:
+        if job.active and job.kind == "train":
             return job.run_dir
     name = st.session_state.get("train_run")
     if name and (ws.runs_dir / name).is_dir():
