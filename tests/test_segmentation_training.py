@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import threading
 from pathlib import Path
@@ -215,10 +216,21 @@ def test_control_segmentation_learns(tmp_path):
 
 
 def test_pets_subset_learns(tmp_path):
-    # A light version of the pets acceptance run: 60 training and 20 validation pairs, few epochs.
-    # About a third of the sample's masks are outlines, which no model can match; they are left out.
-    data = load_segmentation_data(SHARED / "datasets" / "oxford_pets_sample", drop_outline_masks=True)
-    data.train, data.val = data.train[:60], data.val[:20]
-    config = SegmentationConfig(epochs=4, image_size=160, batch_size=8, augment_views=2)
-    metrics = train(data, config, tmp_path / "run")
-    assert metrics["val_iou"] > 0.65
+    # A light version of the pets acceptance run: every fourth pair of the sample, listed in a CSV
+    # file with absolute paths. About a third of the sample's masks are outlines, which no model
+    # can match, so they are left out.
+    pets = SHARED / "datasets" / "oxford_pets_sample"
+    with open(pets / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))[::4]
+    with open(tmp_path / "pairs.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "mask"])
+        for row in rows:
+            writer.writerow([pets / row["image"], pets / row["mask"]])
+    config = SegmentationConfig(epochs=4, image_size=160, batch_size=8, augment_views=2, drop_outline_masks=True)
+
+    metrics = train(tmp_path / "pairs.csv", config, tmp_path / "run")
+
+    assert metrics["num_train_images"] + metrics["num_val_images"] < len(rows)
+    # Predicting every pixel as pet scores about 0.3 here; the trained U-Net scored 0.71.
+    assert metrics["val_iou"] > 0.6

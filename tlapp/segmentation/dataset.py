@@ -183,7 +183,7 @@ def load_segmentation_data(
             )
     train, val = split_pairs(pairs, val_fraction, seed)
     if problems:
-        warnings.insert(0, f"{len(problems)} files were left out because they could not be paired or read; see the problems list.")
+        warnings.insert(0, f"{len(problems)} files were left out of training; the problems list names each one with the reason.")
     report = SegmentationReport(
         num_pairs=len(pairs),
         classes=convention.class_names,

@@ -173,7 +173,7 @@ class _Batches:
         self.boundary = boundary  # frozen stages whose outputs are cached
         self.features: list[torch.Tensor] | None = None
         self.targets: torch.Tensor | None = None
-        self.inputs: torch.Tensor | None = None  # validation without a cache: transformed once
+        self.inputs: torch.Tensor | None = None  # validation without a cache: transformed once, float16
 
     @property
     def num_images(self) -> int:
@@ -235,7 +235,7 @@ def _cache_features(
 
 def _transform_all(batches: _Batches, transform) -> None:
     pairs = [transform(item.image, item.target) for item in batches.loaded]
-    batches.inputs = torch.stack([image for image, _ in pairs])
+    batches.inputs = torch.stack([image for image, _ in pairs]).half()
     batches.targets = torch.stack([target for _, target in pairs])
 
 
@@ -259,7 +259,7 @@ def _forward_batch(model, backbone: str, batches: _Batches, indices: list[int], 
         features = unet.encode_from(model, backbone, kept, batches.boundary)
         return unet.decode_features(model, features, (size, size)), batches.targets[indices].long()
     if batches.inputs is not None:
-        return model(batches.inputs[indices]), batches.targets[indices].long()
+        return model(batches.inputs[indices].float()), batches.targets[indices].long()
     pairs = [transform(batches.loaded[i].image, batches.loaded[i].target) for i in indices]
     images = torch.stack([image for image, _ in pairs])
     return model(images), torch.stack([target for _, target in pairs]).long()
@@ -319,7 +319,10 @@ def train_segmentation(
 ) -> Iterator[Event]:
     """Train a U-Net segmenter, yielding events; every event is also appended to ``run_dir/events.jsonl``.
 
-    Raises TlappError for problems the user can fix (invalid settings, unusable data).
+    ``data`` is a dataset path, or a SegmentationData used as it is (its split and mask
+    convention then take precedence over the config's val_fraction, trimap_border and
+    drop_outline_masks). Raises TlappError for problems the user can fix (invalid settings,
+    unusable data).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -364,6 +367,7 @@ def _train_steps(
     config.validate()
     _seed_everything(config.seed)
     if not isinstance(data, SegmentationData):
+        yield Progress("scan", 0, 1, clock.elapsed, message="pairing images with masks and reading every mask")
         data = load_segmentation_data(
             data,
             val_fraction=config.val_fraction,
