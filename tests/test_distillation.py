@@ -59,7 +59,7 @@ def small_config(**changes) -> DistillConfig:
 def distilled(teacher, tmp_path_factory):
     """The events of one small distillation of the teacher, and its run folder."""
     run_dir = tmp_path_factory.mktemp("distilled") / "student"
-    events = list(distill(teacher, small_config(learning_rate=0.01, latency_runs=1), run_dir))
+    events = list(distill(teacher, small_config(learning_rate=0.01), run_dir))
     return events, run_dir
 
 
@@ -83,8 +83,8 @@ def test_distill_metrics(distilled):
     for role in ("teacher", "student", "student_without_teacher"):
         assert MODEL_KEYS <= set(metrics[role]), role
         assert set(metrics[role]["per_class_accuracy"]) == {"circle", "square", "triangle"}
-        assert metrics[role]["latency_ms_batch1"] > 0
-        assert metrics[role]["latency_ms_batch32"] > 0
+        # This run skips the latency measurement to save time; the command-line test measures it.
+        assert metrics[role]["latency_ms_batch1"] is None
     assert metrics["student"]["params"] == get_student("lite0_block4_128").describe(3)["params"]
     assert metrics["student"]["params"] * 4 < metrics["teacher"]["params"]
     assert 0.0 <= metrics["agreement"] <= 1.0
@@ -135,7 +135,7 @@ def test_cli_distill_scratch_student(teacher, tmp_path, capsys):
     status = cli.main(
         [
             "distill", str(teacher), "--student", "cnn_small", "--temperature", "3", "--alpha", "0.3",
-            "--epochs", "1", "--views", "2", "--batch-size", "16", "--latency-runs", "1", "--out", str(out),
+            "--epochs", "1", "--views", "1", "--batch-size", "16", "--latency-runs", "1", "--out", str(out),
         ]
     )
 
@@ -143,12 +143,15 @@ def test_cli_distill_scratch_student(teacher, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     for role in ("teacher", "student", "student_without_teacher"):
         assert MODEL_KEYS <= set(metrics[role]), role
+        assert metrics[role]["latency_ms_batch1"] > 0, role
+        assert metrics[role]["latency_ms_batch32"] > 0, role
+    assert metrics["speedup_batch1"] > 0
     assert "agreement" in metrics
     assert "agreement_without_teacher" in metrics
     assert metrics["student"]["name"] == "cnn_small"
     config = load_run(out).info["config"]
-    assert (config["temperature"], config["alpha"], config["views"]) == (3.0, 0.3, 2)
-    assert json.loads(capsys.readouterr().out)["views"] == 2
+    assert (config["temperature"], config["alpha"], config["views"]) == (3.0, 0.3, 1)
+    assert json.loads(capsys.readouterr().out)["views"] == 1
 
 
 def test_cli_rejects_unknown_student(teacher, tmp_path, capsys):
