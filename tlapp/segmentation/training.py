@@ -228,8 +228,10 @@ def _cache_features(
                 store[offset : offset + len(items)] = level.half()
             targets[offset : offset + len(items)] = torch.stack([target for _, target in pairs])
             done += len(items)
-            if clock.due():
+            if done < total and clock.due():
                 yield Progress("features", done, total, clock.elapsed, message=f"computing frozen-stage features of the {what} images")
+    # Always report the finished step, so a fast cache still shows up in the events.
+    yield Progress("features", total, total, clock.elapsed, eta=0.0, message=f"computing frozen-stage features of the {what} images")
     batches.features, batches.targets = features, targets
 
 
