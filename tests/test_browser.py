@@ -211,7 +211,10 @@ def test_browser_upload_train_evaluate_predict(server, tmp_path):
             page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Home").click()
             page.get_by_text("Your progress").wait_for()
             page.wait_for_url(re.compile(f"ws={WORKSPACE_ID}"))
-            assert "control_3class" in page.locator('[data-testid="stMain"]').inner_text()
+            # The progress columns render after the heading: wait for them, not for the heading.
+            main = page.locator('[data-testid="stMain"]')
+            main.get_by_text("control_3class").first.wait_for()
+            wait_for_app(page)
 
             # Train 2 epochs, reloading the browser while the run is going.
             train_in_browser(page, base_url, epochs=2, reload_while_training=True)
