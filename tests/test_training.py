@@ -14,6 +14,8 @@ from tlapp import backbones as bb
 from tlapp.datasets import load_collection
 from tlapp.errors import TlappError
 from tlapp.events import Done, EpochEnd, Message, Progress, Stopped, from_dict
+from tlapp.backbones import PRECISION_VARIABLE, frozen_dtype
+from tlapp.features import frozen_forward
 from tlapp.runs import list_runs, load_predictor, load_run
 from tlapp.training import TrainConfig, estimate_train_seconds, train, train_classifier
 
@@ -194,3 +196,45 @@ def test_estimate_grows_as_fewer_stages_are_frozen():
     fine_tune = estimate_train_seconds("efficientnet_lite0", 0, 300, 10)
 
     assert 0 < head_only < fine_tune
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float32"])
+def test_prediction_reproduces_the_evaluation(monkeypatch, colour_data, tmp_path, precision):
+    # Training caches the frozen stages' activations and prediction recomputes them: in either
+    # precision a run must predict the probabilities its evaluation recorded.
+    monkeypatch.setenv(PRECISION_VARIABLE, precision)
+    assert frozen_dtype() == getattr(torch, precision)
+    train(colour_data, TrainConfig(freeze=7, epochs=2, **QUICK), tmp_path / "run")
+
+    samples = load_run(tmp_path / "run").evaluation["samples"]
+    predictor = load_predictor(tmp_path / "run")
+    probs = predictor.predict_probs([s["file"] for s in samples])
+    # The cache keeps partly frozen activations in float16, so allow for its rounding.
+    np.testing.assert_allclose(probs, [s["probabilities"] for s in samples], atol=0.02)
+
+
+def test_bfloat16_features_match_float32(monkeypatch):
+    import skimage.data
+
+    spec = bb.get_spec("efficientnet_lite0")
+    transform = spec.preprocessing.eval_transform()
+    batch = torch.stack([transform(Image.fromarray(skimage.data.chelsea())), transform(Image.fromarray(skimage.data.coffee()))])
+    backbone = bb.create_backbone("efficientnet_lite0").eval()
+    monkeypatch.setenv(PRECISION_VARIABLE, "float32")
+    exact = frozen_forward(backbone, len(backbone.stages), batch)
+    monkeypatch.setenv(PRECISION_VARIABLE, "bfloat16")
+    rounded = frozen_forward(backbone, len(backbone.stages), batch)
+
+    assert rounded.dtype == torch.float32
+    assert not torch.equal(rounded, exact)
+    # On these two photos the pooled features differ by about 2.7 % (relative norm).
+    assert ((rounded - exact).norm(dim=1) / exact.norm(dim=1)).max() < 0.05
+    assert torch.nn.functional.cosine_similarity(rounded, exact).min() > 0.998
+
+
+def test_unknown_precision_falls_back_to_the_automatic_choice(monkeypatch, caplog):
+    monkeypatch.delenv(PRECISION_VARIABLE, raising=False)
+    automatic = frozen_dtype()
+    monkeypatch.setenv(PRECISION_VARIABLE, "float8")
+    assert frozen_dtype() == automatic
+    assert "ignoring TLAPP_FROZEN_PRECISION=float8" in caplog.text

@@ -25,6 +25,7 @@ from torch import nn
 
 from tlapp.errors import TlappError
 from tlapp.events import from_dict
+from tlapp.features import frozen_forward
 from tlapp.images import load_rgb
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,8 @@ class Predictor:
         self.model = build_model(run.info)
         state = torch.load(run.path / MODEL_FILE, map_location="cpu", weights_only=True)
         self.model.load_state_dict(state)
-        self.model.eval()
+        self.model.eval().to(memory_format=torch.channels_last)
+        self.frozen = run.info.get("frozen_stages", 0)
         self.transform = self.preprocessing.eval_transform()
         self._lock = threading.Lock()
 
@@ -186,9 +188,15 @@ class Predictor:
         """Return class probabilities, one row per image (rows follow ``self.classes``)."""
         names = names or [None] * len(images)
         batch = torch.stack([self._tensor(image, name) for image, name in zip(images, names)])
+        return self.logits(batch).softmax(1).numpy()
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Return the logits of a preprocessed batch."""
         # One model instance serves every page session; inference on it is serialised.
         with self._lock, torch.inference_mode():
-            return self.model(batch).softmax(1).numpy()
+            # The frozen stages run as they did when training cached their activations.
+            activations = frozen_forward(self.model.backbone, self.frozen, batch)
+            return self.model.forward_from(activations, self.frozen).float()
 
     def predict(self, images: Sequence, names: Sequence[str] | None = None, top: int = 5) -> list[list[tuple[str, float]]]:
         """Return the ``top`` classes with their probabilities for each image, most likely first."""

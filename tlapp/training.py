@@ -132,9 +132,8 @@ def estimate_train_seconds(
     """
     spec = bb.get_spec(backbone)
     frozen = bb.resolve_freeze(spec, freeze)
-    stage_ms = bb.measure_stage_ms(backbone)
-    frozen_ms = sum(stage_ms[:frozen])
-    trainable_ms = sum(stage_ms[frozen:])
+    frozen_ms = sum(bb.measure_stage_ms(backbone, frozen=True)[:frozen])
+    trainable_ms = sum(bb.measure_stage_ms(backbone)[frozen:])
     num_views = views if augment else 1
     caching = num_images * num_views * frozen_ms
     per_epoch = num_images * 3 * trainable_ms
@@ -305,8 +304,10 @@ def _train_steps(
             yield from latest
         model, frozen = building.result()
     trainable, total = bb.count_params(model)
+    precision = "in bfloat16, which this CPU computes natively" if bb.frozen_dtype() == torch.bfloat16 else "in float32"
     yield Message(
-        f"{spec.name}: {frozen} of {spec.num_stages} stages frozen; training {trainable:,} of {total:,} parameters."
+        f"{spec.name}: {frozen} of {spec.num_stages} stages frozen (they run {precision}); "
+        f"training {trainable:,} of {total:,} parameters."
     )
     num_views = config.augment_views if config.augment else 1
     boundary = frozen

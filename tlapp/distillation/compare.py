@@ -42,8 +42,8 @@ def measure_latency(
     """Return each model's CPU forward time per image in milliseconds, at ``batch_size``.
 
     ``models`` maps a name to (model, input size). Each model is timed on random images in eval
-    mode, in the default memory format (as ``tlapp.runs.Predictor`` runs it) and with torch's
-    current thread count. The result is the median of ``runs`` timed passes after ``warmup``
+    mode, in float32 and the default memory format, with torch's current thread count: the
+    figures compare the networks, not ``tlapp.runs.Predictor``'s choice of precision and layout. The result is the median of ``runs`` timed passes after ``warmup``
     untimed ones. The passes of all models alternate, so that a load change on a shared machine
     slows every model alike instead of one.
     """
@@ -130,8 +130,7 @@ def temperature_table(
     if not isinstance(image, Image.Image):
         image = load_rgb(image, max_side=1024)
     batch = predictor.transform(image).unsqueeze(0)
-    with torch.inference_mode():
-        logits = predictor.model(batch)[0].float()
+    logits = predictor.logits(batch)[0]
     return {
         "classes": list(predictor.classes),
         "logits": logits.tolist(),
