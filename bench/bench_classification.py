@@ -5,7 +5,7 @@ epoch decodes every image and pushes it through the whole network, although only
 Both paths use the same backbone, preprocessing, head, optimizer, epochs and seed.
 
 tlapp runs the frozen stages in bfloat16 where the CPU computes it natively (see
-tlapp.features.frozen_dtype). To separate that from caching, the cached path also runs once in
+tlapp.backbones.frozen_dtype). To separate that from caching, the cached path also runs once in
 float32, like the plain loop.
 
     python bench/bench_classification.py [DATA] [--backbone efficientnet_lite0] [--epochs 10]

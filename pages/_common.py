@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,9 +12,9 @@ from PIL import Image
 
 from tlapp.datasets import ImageCollection, load_collection
 from tlapp.errors import TlappError
-from tlapp.events import EpochEnd, to_dict
+from tlapp.events import EpochEnd, Failed, Message, to_dict
 from tlapp.images import ImageError, load_rgb
-from tlapp.jobs import get_manager
+from tlapp.jobs import FINAL_STATUSES, INTERRUPTED, Job, get_manager, run_status
 from tlapp.runs import read_events
 from tlapp.workspace import Workspace, dataset_fingerprint, is_valid_workspace_id, new_workspace_id
 
@@ -29,6 +29,23 @@ PREDICT = "pages/predict.py"
 THUMBNAIL_SIDE = 192
 
 # Shown under image uploaders, which take any file: the engine names each file it cannot read.
+# A page following a running job redraws it this often (seconds).
+REFRESH_SECONDS = 1.5
+STATUS_LABELS = {
+    "queued": "waiting in the queue",
+    "running": "running",
+    "done": "finished",
+    "stopped": "stopped",
+    "failed": "failed",
+    INTERRUPTED: "interrupted (the server restarted)",
+}
+WEIGHTS_STATUS = {
+    "bundled": "bundled with the app (works offline)",
+    "cached": "downloaded already (works offline)",
+    "download": "downloaded on first use (needs internet)",
+    "missing": "missing: its weights package is not installed",
+}
+
 IMAGE_FORMATS_CAPTION = "JPEG, PNG, WebP, HEIC, TIFF, BMP, GIF and every other format Pillow reads."
 
 
@@ -185,3 +202,47 @@ def image_grid(items: list[tuple[Image.Image | None, str]], columns: int = 6) ->
                     st.caption(f"(cannot show) {caption}")
                 else:
                     st.image(image, caption=caption, width="stretch")
+
+
+def follow_run(run_dir: Path, draw: Callable[[Path, Job | None, str], None]) -> None:
+    """Draw a run with ``draw(run_dir, job, status)``; while its job is active, redraw every REFRESH_SECONDS.
+
+    Only this part of the page reruns while the job goes. When the job ends the whole page
+    reruns, because more than this part changes (the Start button, the results).
+    """
+    job = get_manager().latest(run_dir)
+    active = job is not None and job.active
+
+    @st.fragment(run_every=REFRESH_SECONDS if active else None)
+    def live() -> None:
+        status = run_status(run_dir)
+        if active and status in FINAL_STATUSES:
+            st.rerun(scope="app")
+        draw(run_dir, job, status)
+
+    live()
+
+
+def draw_job(run_dir: Path, job: Job | None, status: str, progress: Callable[[list], None], stop_key: str, stop_help: str) -> list:
+    """Draw a run's status line and, while its job is active, its queue place, progress and Stop button.
+
+    Then show the job's warnings and its failure, if any. Returns the job's events.
+    """
+    events = job.events if job is not None else []
+    st.markdown(f"**Run {run_dir.name}**: {STATUS_LABELS.get(status, status)}")
+    if job is not None and job.active:
+        position = job.queue_position
+        if position:
+            st.info(f"Another model is training. Yours is number {position} in the queue and starts automatically.", icon=":material/hourglass_top:")
+        progress(events)
+        if st.button("Stop", key=stop_key, icon=":material/stop_circle:", help=stop_help):
+            job.stop()
+            st.toast("Stopping after the current batch...")
+
+    for event in events:
+        if isinstance(event, Message) and event.level == "warning":
+            st.warning(event.text, icon=":material/warning:")
+    failed = next((event for event in reversed(events) if isinstance(event, Failed)), None)
+    if failed is not None:
+        show_error(TlappError(failed.message, failed.hint))
+    return events

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages._common import TRAIN, engine_errors, format_seconds, require, show_error, thumbnail, workspace
+from pages._common import TRAIN, draw_job, engine_errors, follow_run, format_seconds, require, thumbnail, workspace
 from tlapp.charts import accuracy_latency_figure, distillation_curves_figure, model_size_figure, temperature_figure
 from tlapp.distillation import (
     DISTILLED,
@@ -20,10 +20,9 @@ from tlapp.distillation import (
     distill,
     temperature_table,
 )
-from tlapp.errors import TlappError
-from tlapp.events import EpochEnd, Failed, Message, Progress, to_dict
+from tlapp.events import EpochEnd, Progress, to_dict
 from tlapp.images import IMAGE_EXTENSIONS, ImageError, load_rgb
-from tlapp.jobs import FINAL_STATUSES, INTERRUPTED, Job, get_manager, run_status
+from tlapp.jobs import INTERRUPTED, Job, get_manager
 from tlapp.runs import Run, list_runs, read_events
 from tlapp.workspace import Workspace
 
@@ -33,18 +32,9 @@ JOB_KIND = "distill"
 TEMPERATURE_CHOICES = [1, 2, 3, 4, 5, 6, 8, 10, 15, 20]
 LEARNING_RATES = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 BATCH_SIZES = [8, 16, 32, 64]
-REFRESH_SECONDS = 1.5
 STATIC_CHART = {"displayModeBar": False}
 VALIDATION_IMAGE, UPLOADED_IMAGE = "A validation image of the teacher", "An image of my own"
 
-STATUS_LABELS = {
-    "queued": "waiting in the queue",
-    "running": "running",
-    "done": "finished",
-    "stopped": "stopped",
-    "failed": "failed",
-    INTERRUPTED: "interrupted (the server restarted)",
-}
 WEIGHTS_LABELS = {
     "bundled": "ImageNet weights bundled with the app",
     "cached": "ImageNet weights downloaded already",
@@ -211,39 +201,8 @@ def series_histories(run_dir: Path, job: Job | None) -> dict[str, list[dict]]:
     return {series: history for series, history in histories.items() if history}
 
 
-def show_live_run(run_dir: Path) -> None:
-    """Draw the followed run; while its job is active, redraw every REFRESH_SECONDS."""
-    job = get_manager().latest(run_dir)
-    active = job is not None and job.active
-
-    @st.fragment(run_every=REFRESH_SECONDS if active else None)
-    def live() -> None:
-        status = run_status(run_dir)
-        if active and status in FINAL_STATUSES:
-            st.rerun(scope="app")  # the Start button and the Compare tab change too
-        draw_run(run_dir, job, status)
-
-    live()
-
-
 def draw_run(run_dir: Path, job: Job | None, status: str) -> None:
-    events = job.events if job is not None else []
-    st.markdown(f"**Run {run_dir.name}**: {STATUS_LABELS.get(status, status)}")
-    if job is not None and job.active:
-        position = job.queue_position
-        if position:
-            st.info(f"Another model is training. Yours is number {position} in the queue and starts automatically.", icon=":material/hourglass_top:")
-        draw_progress(events)
-        if st.button("Stop", key="distill_stop", icon=":material/stop_circle:", help="Stops after the current batch. The best finished epochs, if any, are kept."):
-            job.stop()
-            st.toast("Stopping after the current batch...")
-
-    for event in events:
-        if isinstance(event, Message) and event.level == "warning":
-            st.warning(event.text, icon=":material/warning:")
-    failed = next((event for event in reversed(events) if isinstance(event, Failed)), None)
-    if failed is not None:
-        show_error(TlappError(failed.message, failed.hint))
+    draw_job(run_dir, job, status, draw_progress, "distill_stop", "Stops after the current batch. The best finished epochs, if any, are kept.")
     histories = series_histories(run_dir, job)
     if histories:
         st.plotly_chart(distillation_curves_figure(histories), key="distill_live_curves")
@@ -300,7 +259,7 @@ def show_distil_tab(ws: Workspace, teachers: list[Run]) -> None:
     if followed is not None:
         st.divider()
         st.header("Current run")
-        show_live_run(followed)
+        follow_run(followed, draw_run)
 
 
 # --- Compare tab --------------------------------------------------------------------------------

@@ -12,9 +12,13 @@ import streamlit as st
 from PIL import Image
 
 from pages._common import (
+    STATUS_LABELS,
     THUMBNAIL_SIDE,
+    WEIGHTS_STATUS,
+    draw_job,
     engine_errors,
     epoch_history,
+    follow_run,
     format_seconds,
     image_grid,
     show_error,
@@ -23,9 +27,9 @@ from pages._common import (
 from tlapp import backbones
 from tlapp.charts import class_pixels_figure, iou_histogram_figure, segmentation_curves_figure, stages_figure
 from tlapp.errors import TlappError
-from tlapp.events import EpochEnd, Failed, Message, Progress
+from tlapp.events import EpochEnd, Progress
 from tlapp.images import IMAGE_EXTENSIONS, ImageError, load_rgb
-from tlapp.jobs import FINAL_STATUSES, INTERRUPTED, Job, get_manager, run_status
+from tlapp.jobs import INTERRUPTED, Job, get_manager, run_status
 from tlapp.runs import Run, list_runs, load_run
 from tlapp.segmentation.dataset import SegmentationData, load_segmentation_data
 from tlapp.segmentation.masks import MaskConvention, display_colour
@@ -49,23 +53,8 @@ SWATCH_SIDE = 36
 LEARNING_RATES = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 BATCH_SIZES = [2, 4, 8, 16, 32]
 IMAGE_SIZES = list(range(128, 513, 32))
-REFRESH_SECONDS = 1.5
 STATIC_CHART = {"displayModeBar": False}
 
-WEIGHTS_STATUS = {
-    "bundled": "bundled with the app (works offline)",
-    "cached": "downloaded already (works offline)",
-    "download": "downloaded on first use (needs internet)",
-    "missing": "missing: its weights package is not installed",
-}
-STATUS_LABELS = {
-    "queued": "waiting in the queue",
-    "running": "running",
-    "done": "finished",
-    "stopped": "stopped",
-    "failed": "failed",
-    INTERRUPTED: "interrupted (the server restarted)",
-}
 
 
 # --- shared helpers -----------------------------------------------------------------------------
@@ -496,40 +485,9 @@ def current_run(ws_id: str, store: SegmentationStore) -> Path | None:
     return runs[0] if runs else None
 
 
-def show_live_run(run_dir: Path) -> None:
-    """Draw the followed run; while its job is active, redraw every REFRESH_SECONDS."""
-    job = get_manager().latest(run_dir)
-    active = job is not None and job.active
-
-    @st.fragment(run_every=REFRESH_SECONDS if active else None)
-    def live() -> None:
-        status = run_status(run_dir)
-        if active and status in FINAL_STATUSES:
-            st.rerun(scope="app")  # the Start button and the Results tab change too
-        draw_run(run_dir, job, status)
-
-    live()
-
-
 def draw_run(run_dir: Path, job: Job | None, status: str) -> None:
-    events = job.events if job is not None else []
     history = epoch_history(run_dir)
-    st.markdown(f"**Run {run_dir.name}**: {STATUS_LABELS.get(status, status)}")
-    if job is not None and job.active:
-        position = job.queue_position
-        if position:
-            st.info(f"Another model is training. Yours is number {position} in the queue and starts automatically.", icon=":material/hourglass_top:")
-        draw_progress(events)
-        if st.button("Stop", key="seg_stop", icon=":material/stop_circle:", help="Stops after the current batch. The best finished epoch, if any, is kept as the run's model."):
-            job.stop()
-            st.toast("Stopping after the current batch...")
-
-    for event in events:
-        if isinstance(event, Message) and event.level == "warning":
-            st.warning(event.text, icon=":material/warning:")
-    failed = next((event for event in reversed(events) if isinstance(event, Failed)), None)
-    if failed is not None:
-        show_error(TlappError(failed.message, failed.hint))
+    draw_job(run_dir, job, status, draw_progress, "seg_stop", "Stops after the current batch. The best finished epoch, if any, is kept as the run's model.")
     if history:
         st.plotly_chart(segmentation_curves_figure({run_dir.name: history}), key="seg_live_curves")
     if status in ("done", "stopped") and (run_dir / "metrics.json").is_file():
@@ -622,7 +580,7 @@ def show_train_tab(ws_id: str, store: SegmentationStore) -> None:
     if followed is not None:
         st.divider()
         st.header("Current run")
-        show_live_run(followed)
+        follow_run(followed, draw_run)
 
 
 # --- Results tab --------------------------------------------------------------------------------

@@ -12,8 +12,11 @@ import torch
 from pages._common import (
     DATA,
     EVALUATE,
+    WEIGHTS_STATUS,
+    draw_job,
     engine_errors,
     epoch_history,
+    follow_run,
     format_seconds,
     link,
     load_dataset,
@@ -25,9 +28,9 @@ from tlapp import backbones
 from tlapp.charts import curves_figure, stages_figure
 from tlapp.datasets import ImageCollection
 from tlapp.errors import TlappError
-from tlapp.events import EpochEnd, Failed, Message, Progress
+from tlapp.events import EpochEnd, Progress
 from tlapp.images import load_rgb
-from tlapp.jobs import FINAL_STATUSES, INTERRUPTED, Job, get_manager, run_status
+from tlapp.jobs import INTERRUPTED, Job, get_manager, run_status
 from tlapp.runs import load_run
 from tlapp.training import TrainConfig, estimate_train_seconds, train_classifier
 from tlapp.workspace import Workspace
@@ -35,7 +38,6 @@ from tlapp.workspace import Workspace
 LEARNING_RATES = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 BATCH_SIZES = [8, 16, 32, 64]
 PREVIEW_VIEWS = 6
-REFRESH_SECONDS = 1.5
 STATIC_CHART = {"displayModeBar": False}  # small charts need no zoom or download toolbar
 MISSING = "–"  # shown in the runs table for a value a run does not have (yet)
 # Columns of the "All runs" table. The widths (pixels) add up to 890, so the table fits beside
@@ -51,22 +53,8 @@ RUNS_COLUMNS = {
     "training time": st.column_config.TextColumn("time", width=75),
 }
 
-WEIGHTS_STATUS = {
-    "bundled": "bundled with the app (works offline)",
-    "cached": "downloaded already (works offline)",
-    "download": "downloaded on first use (needs internet)",
-    "missing": "missing: its weights package is not installed",
-}
 # Shorter status words for the runs table, where the column help explains "interrupted".
 TABLE_STATUS_LABELS = {"queued": "queued", "running": "running", "done": "finished", "stopped": "stopped", "failed": "failed", INTERRUPTED: "interrupted"}
-STATUS_LABELS = {
-    "queued": "waiting in the queue",
-    "running": "running",
-    "done": "finished",
-    "stopped": "stopped",
-    "failed": "failed",
-    INTERRUPTED: "interrupted (the server restarted)",
-}
 
 
 def choose_backbone() -> backbones.BackboneSpec:
@@ -219,41 +207,9 @@ def current_run(ws: Workspace) -> Path | None:
     return runs[0] if runs else None
 
 
-def show_live_run(ws: Workspace, run_dir: Path) -> None:
-    """Draw the followed run; while its job is active, redraw every REFRESH_SECONDS."""
-    job = get_manager().latest(run_dir)
-    active = job is not None and job.active
-
-    @st.fragment(run_every=REFRESH_SECONDS if active else None)
-    def live() -> None:
-        status = run_status(run_dir)
-        if active and status in FINAL_STATUSES:
-            st.rerun(scope="app")  # the whole page changes: Start button, runs table
-        draw_run(run_dir, job, status)
-
-    live()
-
-
 def draw_run(run_dir: Path, job: Job | None, status: str) -> None:
-    events = job.events if job is not None else []
     history = epoch_history(run_dir)
-    st.markdown(f"**Run {run_dir.name}**: {STATUS_LABELS.get(status, status)}")
-
-    if job is not None and job.active:
-        position = job.queue_position
-        if position:
-            st.info(f"Another participant's model is training. Yours is number {position} in the queue and starts automatically.", icon=":material/hourglass_top:")
-        draw_progress(events)
-        if st.button("Stop", key="train_stop", icon=":material/stop_circle:", help="Stops after the current batch. The best finished epoch, if any, is kept as the run's model."):
-            job.stop()
-            st.toast("Stopping after the current batch...")
-
-    for event in events:
-        if isinstance(event, Message) and event.level == "warning":
-            st.warning(event.text, icon=":material/warning:")
-    failed = next((event for event in reversed(events) if isinstance(event, Failed)), None)
-    if failed is not None:
-        show_error(TlappError(failed.message, failed.hint))
+    draw_job(run_dir, job, status, draw_progress, "train_stop", "Stops after the current batch. The best finished epoch, if any, is kept as the run's model.")
     if history:
         st.plotly_chart(curves_figure({run_dir.name: history}), key="live_curves")
     if status in ("done", "stopped") and (run_dir / "metrics.json").is_file():
@@ -416,5 +372,5 @@ st.divider()
 followed = current_run(ws)
 if followed is not None:
     st.header("Current run")
-    show_live_run(ws, followed)
+    follow_run(followed, draw_run)
 show_runs(ws)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 
 
@@ -97,3 +98,28 @@ def from_dict(data: dict) -> Event:
 
 class StopRequested(Exception):
     """Raised inside a loop when the user asked it to stop; the loop's owner turns it into ``Stopped``."""
+
+
+# Progress events during a long step come at most this often (seconds). Pages redraw a running
+# job every 1.5 s, so a shorter interval would only add events nobody sees.
+PROGRESS_INTERVAL = 1.0
+
+
+class Clock:
+    """Seconds since a job started, and a rate limiter for its progress events."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.last_report = 0.0
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def due(self) -> bool:
+        """Return whether PROGRESS_INTERVAL has passed since the last time this returned True."""
+        now = time.perf_counter()
+        if now - self.last_report >= PROGRESS_INTERVAL:
+            self.last_report = now
+            return True
+        return False

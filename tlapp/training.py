@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, fields
@@ -24,7 +23,7 @@ from tlapp import backbones as bb
 from tlapp.datasets import ImageCollection, load_collection
 from tlapp.errors import TlappError
 from tlapp.evaluation import evaluate_predictions
-from tlapp.events import Done, EpochEnd, Event, Message, Progress, StopRequested, Stopped, to_dict
+from tlapp.events import PROGRESS_INTERVAL, Clock, Done, EpochEnd, Event, Message, Progress, StopRequested, Stopped, to_dict
 from tlapp.features import MAX_CACHE_BYTES, FeatureCache, boundary_shape, cache_bytes, iter_decode, iter_features
 from tlapp.runs import save_run_files
 
@@ -33,9 +32,6 @@ log = logging.getLogger(__name__)
 # Pretrained stages that are fine-tuned learn this much slower than the new head, so the first
 # epochs of a randomly initialised head do not wreck the ImageNet features.
 BACKBONE_LR_FACTOR = 0.1
-
-# Progress events during an epoch come at most this often (seconds).
-PROGRESS_INTERVAL = 1.0
 
 
 @dataclass
@@ -140,25 +136,6 @@ def estimate_train_seconds(
     return (caching + epochs * per_epoch) / 1000
 
 
-class _Clock:
-    """Elapsed time since the run started, and a rate limiter for progress events."""
-
-    def __init__(self, started: float):
-        self.started = started
-        self.last_report = 0.0
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    def due(self) -> bool:
-        now = time.perf_counter()
-        if now - self.last_report >= PROGRESS_INTERVAL:
-            self.last_report = now
-            return True
-        return False
-
-
 def _make_optimizer(model: Classifier, frozen: int, config: TrainConfig) -> torch.optim.Optimizer:
     backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
     groups = [{"params": list(model.head.parameters()), "lr": config.learning_rate}]
@@ -246,7 +223,7 @@ def _dataset_messages(collection: ImageCollection) -> Iterator[Message]:
         yield Message(warning, "warning")
 
 
-def _report(steps: Generator[int, None, object], stage: str, total: int, clock: _Clock, message: str):
+def _report(steps: Generator[int, None, object], stage: str, total: int, clock: Clock, message: str):
     """Turn a generator of done-counts into Progress events at most every second; return its value."""
     started = clock.elapsed
     while True:
@@ -279,7 +256,7 @@ def train_classifier(
 def _train_steps(
     data: str | Path | ImageCollection, config: TrainConfig, run_dir: Path, stop: threading.Event | None
 ) -> Iterator[Event]:
-    clock = _Clock(time.perf_counter())
+    clock = Clock()
     config.validate()
     torch.manual_seed(config.seed)
 
@@ -360,7 +337,7 @@ def _fit(
     collection: ImageCollection,
     config: TrainConfig,
     run_dir: Path,
-    clock: _Clock,
+    clock: Clock,
     stop: threading.Event | None,
 ) -> Iterator[Event]:
     """Train the unfrozen part for ``config.epochs`` epochs, then evaluate and save the best epoch."""

@@ -26,7 +26,7 @@ from tlapp import backbones as bb
 from tlapp.datasets import ImageCollection, load_collection
 from tlapp.errors import TlappError
 from tlapp.evaluation import evaluate_predictions
-from tlapp.events import Done, Event, Message, Progress, StopRequested, Stopped, to_dict
+from tlapp.events import Clock, Done, Event, Message, Progress, StopRequested, Stopped, to_dict
 from tlapp.features import MAX_CACHE_BYTES, boundary_shape, cache_bytes, iter_decode, iter_features
 from tlapp.runs import MODEL_FILE, Run, build_model, load_run, save_run_files
 from tlapp.training import Classifier
@@ -34,7 +34,7 @@ from tlapp.training import Classifier
 from tlapp.distillation.compare import agreement, measure_latency, model_summary
 from tlapp.distillation.loss import DistillationLoss
 from tlapp.distillation.students import DEFAULT_STUDENT, STUDENTS, StudentSpec, get_student
-from tlapp.distillation.trainer import Clock, StudentTrainer, TrainingData, fit
+from tlapp.distillation.trainer import StudentTrainer, TrainingData, fit
 from tlapp.distillation.views import CACHE_BATCH_SIZE, iter_teacher_logits, iter_view_set
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import threading
-import time
 from collections.abc import Generator
 from dataclasses import dataclass
 
@@ -14,7 +13,7 @@ from torch.nn import functional as F
 from tlapp import backbones as bb
 from tlapp.datasets import ImageCollection
 from tlapp.evaluation import evaluate_predictions
-from tlapp.events import EpochEnd, Event, Progress, StopRequested, to_dict
+from tlapp.events import Clock, EpochEnd, Event, Progress, StopRequested, to_dict
 from tlapp.features import FeatureCache
 from tlapp.training import BACKBONE_LR_FACTOR, Classifier, predict_cached
 
@@ -22,29 +21,6 @@ from tlapp.distillation.compare import agreement
 from tlapp.distillation.loss import DistillationLoss
 from tlapp.distillation.students import StudentSpec
 from tlapp.distillation.views import ViewSet
-
-# Progress events come at most this often (seconds).
-PROGRESS_INTERVAL = 1.0
-
-
-class Clock:
-    """Seconds since the job started, and a rate limiter for progress events."""
-
-    def __init__(self):
-        self.started = time.perf_counter()
-        self.last_report = 0.0
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    def due(self) -> bool:
-        now = time.perf_counter()
-        if now - self.last_report >= PROGRESS_INTERVAL:
-            self.last_report = now
-            return True
-        return False
-
 
 @dataclass
 class TrainingData:

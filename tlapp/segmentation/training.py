@@ -15,7 +15,6 @@ import logging
 import math
 import random
 import threading
-import time
 from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -28,7 +27,7 @@ from torch.nn import functional as F
 
 from tlapp import backbones as bb
 from tlapp.errors import TlappError
-from tlapp.events import Done, EpochEnd, Event, Message, Progress, StopRequested, Stopped, to_dict
+from tlapp.events import Clock, Done, EpochEnd, Event, Message, Progress, StopRequested, Stopped, to_dict
 from tlapp.images import load_rgb
 from tlapp.runs import save_run_files
 from tlapp.segmentation import model as unet
@@ -45,9 +44,6 @@ ENCODER_LR_FACTOR = 0.1
 
 # Largest feature cache kept in memory; above it fewer augmented views are cached.
 MAX_CACHE_BYTES = 3 * 1024**3
-
-# Progress events during long steps come at most this often (seconds).
-PROGRESS_INTERVAL = 1.0
 
 # Training decodes images at most this large. That bounds the memory of a few hundred photos and
 # still leaves random crops for a 512-pixel input enough pixels.
@@ -125,25 +121,6 @@ class SegmentationConfig:
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
-class _Clock:
-    """Elapsed time since the run started, and a rate limiter for progress events."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.last_report = 0.0
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    def due(self) -> bool:
-        now = time.perf_counter()
-        if now - self.last_report >= PROGRESS_INTERVAL:
-            self.last_report = now
-            return True
-        return False
-
-
 def _check_stop(stop: threading.Event | None) -> None:
     if stop is not None and stop.is_set():
         raise StopRequested
@@ -183,7 +160,7 @@ class _Batches:
 # --- loading and caching ---------------------------------------------------------------------
 
 
-def _load_pairs(data: SegmentationData, pairs, clock: _Clock, stop, what: str) -> Generator[Progress, None, list[_Loaded]]:
+def _load_pairs(data: SegmentationData, pairs, clock: Clock, stop, what: str) -> Generator[Progress, None, list[_Loaded]]:
     loaded = []
     for index, pair in enumerate(pairs):
         _check_stop(stop)
@@ -203,7 +180,7 @@ def _cache_bytes_per_view(model: smp.Unet, backbone: str, boundary: int, size: i
 
 
 def _cache_features(
-    model: smp.Unet, backbone: str, batches: _Batches, transforms: list, size: int, clock: _Clock, stop, what: str, seed: int
+    model: smp.Unet, backbone: str, batches: _Batches, transforms: list, size: int, clock: Clock, stop, what: str, seed: int
 ) -> Iterator[Progress]:
     """Fill ``batches.features`` and ``targets`` by running the frozen stages once per view."""
     total = batches.num_images * len(transforms)
@@ -365,7 +342,7 @@ def _make_optimizer(model: smp.Unet, config: SegmentationConfig) -> torch.optim.
 def _train_steps(
     data: str | Path | SegmentationData, config: SegmentationConfig, run_dir: Path, stop: threading.Event | None
 ) -> Iterator[Event]:
-    clock = _Clock()
+    clock = Clock()
     config.validate()
     _seed_everything(config.seed)
     if not isinstance(data, SegmentationData):
@@ -399,7 +376,7 @@ def _train_steps(
     if not config.pretrained:
         yield Message(f"The {spec.name} encoder starts from random weights: expect a much lower IoU than pretrained.", "warning")
     yield Message(
-        f"U-Net with a {spec.name} encoder: {frozen} of {num_stages} encoder stages frozen; "
+        f"U-Net, encoder {spec.name}: {frozen} of {num_stages} encoder stages frozen; "
         f"training {trainable:,} of {total:,} parameters at {size}x{size} pixels."
     )
 
