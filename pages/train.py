@@ -31,7 +31,7 @@ from tlapp.errors import TlappError
 from tlapp.events import EpochEnd, Progress
 from tlapp.images import load_rgb
 from tlapp.jobs import INTERRUPTED, Job, get_manager, run_status
-from tlapp.runs import load_run
+from tlapp.runs import load_run, read_config, write_config
 from tlapp.training import TrainConfig, estimate_train_seconds, train_classifier
 from tlapp.workspace import Workspace
 
@@ -168,27 +168,11 @@ def _denormalise(tensor: torch.Tensor, preprocessing: backbones.Preprocessing) -
     return (tensor * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-@st.cache_resource(show_spinner=False)
-def started_settings() -> dict[str, dict]:
-    """Return the settings of each run started by this server process, keyed by run folder.
-
-    run.json is written only when a run ends with a model, so until then (and for a run stopped
-    before its first epoch) this is the only record of its backbone, frozen stages and epochs.
-    """
-    return {}
-
-
 def start_run(ws: Workspace, dataset: Path, config: TrainConfig) -> None:
     with engine_errors("starting the run"):
         config.validate()
         run_dir = ws.new_run_dir(config.backbone)
-        started_settings()[str(run_dir)] = {
-            "backbone": config.backbone,
-            "pretrained": config.pretrained,
-            "frozen_stages": backbones.resolve_freeze(backbones.get_spec(config.backbone), config.freeze),
-            "epochs": config.epochs,
-            "augment": config.augment,
-        }
+        write_config(run_dir, config.to_dict())
         get_manager().submit(
             "train", run_dir, lambda stop: train_classifier(dataset, config, run_dir, stop), owner=ws.id
         )
@@ -295,6 +279,18 @@ def runs_table(run_dirs: list[Path]) -> pd.DataFrame:
     return table
 
 
+def _started_settings(run_dir: Path) -> dict:
+    """Return a run's settings from the configuration it started with (no run.json yet)."""
+    config = read_config(run_dir)
+    settings = {key: config.get(key) for key in ("backbone", "pretrained", "epochs", "augment")}
+    try:
+        spec = backbones.get_spec(config["backbone"])
+        settings["frozen_stages"] = backbones.resolve_freeze(spec, config["freeze"])
+    except (KeyError, TlappError):
+        settings["frozen_stages"] = None
+    return settings
+
+
 def _run_row(run_dir: Path) -> dict:
     """Return a run's row from its run.json, or from its settings at start while it has none."""
     row = {"run": run_dir.name, "status": TABLE_STATUS_LABELS.get(run_status(run_dir), "")}
@@ -312,7 +308,7 @@ def _run_row(run_dir: Path) -> dict:
             "augment": config.get("augment"),
         }
     else:
-        settings = started_settings().get(str(run_dir), {})
+        settings = _started_settings(run_dir)
     backbone = settings.get("backbone")
     if backbone is not None and settings.get("pretrained") is False:
         backbone += " (scratch)"

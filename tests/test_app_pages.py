@@ -294,6 +294,24 @@ def test_run_of_dead_server_shown_interrupted(app, tmp_path):
     assert list(runs["status"]) == ["interrupted"]
 
 
+def test_interrupted_run_keeps_its_settings(app, tmp_path):
+    # A run cut off before its first epoch has no run.json; its config.json names its settings.
+    from tlapp.runs import write_config
+    from tlapp.training import TrainConfig
+
+    pick_library_dataset(app)
+    run_dir = tmp_path / "workspaces" / "apptest" / "runs" / "2024-01-01_000000_efficientnet_lite1"
+    write_config(run_dir, TrainConfig(backbone="efficientnet_lite1", freeze=4, epochs=7, augment=True).to_dict())
+
+    at = app("pages/train.py")
+    row = at.dataframe[0].value.iloc[0]
+    assert row["status"] == "interrupted"
+    assert row["backbone"] == "efficientnet_lite1"
+    assert row["frozen stages"] == 4
+    assert row["epochs"] == 7
+    assert row["augmentation"] == "yes"
+
+
 def test_run_stopped_in_queue_explained(app, tmp_path, hold_job):
     from tlapp import backbones
 

@@ -64,7 +64,7 @@ def test_head_only_run_learns_and_writes_folder(head_run):
     assert metrics["frozen_stages"] == 9
     assert metrics["trainable_params"] == 1280 * 3 + 3
     assert metrics["total_params"] == bb.REGISTRY["efficientnet_lite0"].num_params + 1280 * 3 + 3
-    for name in ["model.pt", "run.json", "metrics.json", "history.json", "evaluation.json", "report.json"]:
+    for name in ["config.json", "model.pt", "run.json", "metrics.json", "history.json", "evaluation.json", "report.json"]:
         assert (run_dir / name).is_file(), name
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics
     logged = [from_dict(json.loads(line)) for line in (run_dir / "events.jsonl").read_text().splitlines()]

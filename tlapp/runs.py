@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt"
 INFO_FILE = "run.json"
+# The settings a run started with, written before it trains, because run.json only exists once a model does.
+CONFIG_FILE = "config.json"
 FINAL_EVENT_KINDS = {"done", "stopped", "failed"}
 
 
@@ -113,6 +115,23 @@ def load_run(path: str | Path) -> Run:
         evaluation=_read_json(path / "evaluation.json", {}),
         report=_read_json(path / "report.json", {}),
     )
+
+
+def write_config(run_dir: str | Path, config: dict) -> None:
+    """Write the settings a run starts with, so a run stopped before its first epoch still shows them."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(run_dir / CONFIG_FILE, config)
+
+
+def read_config(run_dir: str | Path) -> dict:
+    """Return the settings a run started with, or an empty dict when they were not recorded."""
+    try:
+        config = _read_json(Path(run_dir) / CONFIG_FILE, {})
+    except ValueError as error:
+        log.warning("invalid %s in %s, showing no settings: %s", CONFIG_FILE, run_dir, error)
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def read_events(path: str | Path) -> list:

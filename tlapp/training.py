@@ -25,7 +25,7 @@ from tlapp.errors import TlappError
 from tlapp.evaluation import evaluate_predictions
 from tlapp.events import PROGRESS_INTERVAL, Clock, Done, EpochEnd, Event, Message, Progress, StopRequested, Stopped, to_dict
 from tlapp.features import MAX_CACHE_BYTES, FeatureCache, boundary_shape, cache_bytes, iter_decode, iter_features
-from tlapp.runs import save_run_files
+from tlapp.runs import save_run_files, write_config
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def train_classifier(
 ) -> Iterator[Event]:
     """Train a classifier, yielding events; every event is also appended to ``run_dir/events.jsonl``."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(run_dir, config.to_dict())
     with open(run_dir / "events.jsonl", "a", encoding="utf-8") as log_file:
         for event in _train_steps(data, config, run_dir, stop):
             log_file.write(json.dumps(to_dict(event)) + "\n")
