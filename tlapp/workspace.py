@@ -90,6 +90,28 @@ def safe_name(text: str, what: str = "name") -> str:
     return name
 
 
+def _new_run_dir(runs_dir: Path, label: str) -> Path:
+    """Create and return an empty run folder in ``runs_dir`` named by date, time and ``label``."""
+    stamp = datetime.now().strftime("%Y-%m-%d_%H%M%S")
+    path = _unique_path(runs_dir, f"{stamp}_{safe_name(label, 'run name')}")
+    path.mkdir(parents=True)
+    return path
+
+
+def _run_dirs(runs_dir: Path) -> list[Path]:
+    """Return the run folders in ``runs_dir``, newest first (their names start with date and time)."""
+    folders = [p for p in runs_dir.iterdir() if p.is_dir() and not is_system_file(p.name)]
+    return sorted(folders, key=lambda p: p.name, reverse=True)
+
+
+def _find_run(runs_dir: Path, name: str, what: str) -> Path:
+    """Return the run folder ``name`` in ``runs_dir``; ``what`` names the kind of run in the error."""
+    path = runs_dir / safe_name(name, "run name")
+    if not path.is_dir():
+        raise TlappError(f"There is no {what} '{name}' in this workspace.", "Choose a run from the list.")
+    return path
+
+
 def _unique_path(folder: Path, name: str) -> Path:
     """Return ``folder/name``, or ``folder/name-2``, ``-3``... when that already exists."""
     candidate = folder / name
@@ -281,14 +303,22 @@ class Workspace:
 
     def select_dataset(self, choice: DatasetChoice) -> None:
         """Remember ``choice`` as the dataset the Train page uses."""
-        self._write_state({**self._read_state(), "dataset": choice.to_dict()})
+        self.remember_choice("dataset", choice)
 
     def selected_dataset(self) -> DatasetChoice | None:
         """Return the remembered dataset, or None when none was chosen or it no longer exists."""
-        chosen = self._read_state().get("dataset")
+        return self.remembered_choice("dataset", self.choices())
+
+    def remember_choice(self, key: str, choice: DatasetChoice) -> None:
+        """Store ``choice`` under ``key`` in the workspace state, which survives server restarts."""
+        self._write_state({**self._read_state(), key: choice.to_dict()})
+
+    def remembered_choice(self, key: str, choices: list[DatasetChoice]) -> DatasetChoice | None:
+        """Return the choice stored under ``key`` if it is still among ``choices``, else None."""
+        chosen = self._read_state().get(key)
         if not chosen:
             return None
-        for choice in self.choices():
+        for choice in choices:
             if choice.source == chosen.get("source") and choice.name == chosen.get("name"):
                 return choice
         return None
@@ -297,21 +327,14 @@ class Workspace:
 
     def new_run_dir(self, label: str) -> Path:
         """Create and return an empty run folder named by date, time and ``label`` (e.g. the backbone)."""
-        stamp = datetime.now().strftime("%Y-%m-%d_%H%M%S")
-        path = _unique_path(self.runs_dir, f"{stamp}_{safe_name(label, 'run name')}")
-        path.mkdir(parents=True)
-        return path
+        return _new_run_dir(self.runs_dir, label)
 
     def run_dirs(self) -> list[Path]:
         """Return every run folder, finished or not, newest first."""
-        folders = [p for p in self.runs_dir.iterdir() if p.is_dir() and not is_system_file(p.name)]
-        return sorted(folders, key=lambda p: p.name, reverse=True)
+        return _run_dirs(self.runs_dir)
 
     def run_dir(self, name: str) -> Path:
-        path = self.runs_dir / safe_name(name, "run name")
-        if not path.is_dir():
-            raise TlappError(f"There is no run '{name}' in this workspace.", "Choose a run from the list.")
-        return path
+        return _find_run(self.runs_dir, name, "run")
 
     def delete_run(self, name: str) -> None:
         shutil.rmtree(self.run_dir(name))
@@ -513,38 +536,24 @@ class SegmentationStore:
 
     def select_dataset(self, choice: DatasetChoice) -> None:
         """Remember ``choice`` as the dataset segmentation trains on."""
-        state = self.workspace._read_state()
-        self.workspace._write_state({**state, self.STATE_KEY: choice.to_dict()})
+        self.workspace.remember_choice(self.STATE_KEY, choice)
 
     def selected_dataset(self) -> DatasetChoice | None:
         """Return the remembered segmentation dataset, or None when none was chosen or it is gone."""
-        chosen = self.workspace._read_state().get(self.STATE_KEY)
-        if not chosen:
-            return None
-        for choice in self.choices():
-            if choice.source == chosen.get("source") and choice.name == chosen.get("name"):
-                return choice
-        return None
+        return self.workspace.remembered_choice(self.STATE_KEY, self.choices())
 
     # --- runs -------------------------------------------------------------------------------
 
     def new_run_dir(self, label: str) -> Path:
         """Create and return an empty run folder named by date, time and ``label`` (e.g. the backbone)."""
-        stamp = datetime.now().strftime("%Y-%m-%d_%H%M%S")
-        path = _unique_path(self.runs_dir, f"{stamp}_{safe_name(label, 'run name')}")
-        path.mkdir(parents=True)
-        return path
+        return _new_run_dir(self.runs_dir, label)
 
     def run_dirs(self) -> list[Path]:
         """Return every segmentation run folder, finished or not, newest first."""
-        folders = [p for p in self.runs_dir.iterdir() if p.is_dir() and not is_system_file(p.name)]
-        return sorted(folders, key=lambda p: p.name, reverse=True)
+        return _run_dirs(self.runs_dir)
 
     def run_dir(self, name: str) -> Path:
-        path = self.runs_dir / safe_name(name, "run name")
-        if not path.is_dir():
-            raise TlappError(f"There is no segmentation run '{name}' in this workspace.", "Choose a run from the list.")
-        return path
+        return _find_run(self.runs_dir, name, "segmentation run")
 
     def delete_run(self, name: str) -> None:
         shutil.rmtree(self.run_dir(name))
