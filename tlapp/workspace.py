@@ -104,11 +104,11 @@ def _run_dirs(runs_dir: Path) -> list[Path]:
     return sorted(folders, key=lambda p: p.name, reverse=True)
 
 
-def _find_run(runs_dir: Path, name: str, what: str) -> Path:
-    """Return the run folder ``name`` in ``runs_dir``; ``what`` names the kind of run in the error."""
+def _find_run(runs_dir: Path, name: str, kind: str) -> Path:
+    """Return the run folder ``name`` in ``runs_dir``; ``kind`` ("run", "segmentation run") is for the error."""
     path = runs_dir / safe_name(name, "run name")
     if not path.is_dir():
-        raise TlappError(f"There is no {what} '{name}' in this workspace.", "Choose a run from the list.")
+        raise TlappError(f"There is no {kind} '{name}' in this workspace.", "Choose a run from the list.")
     return path
 
 
