@@ -60,7 +60,7 @@ class SegmentationConfig:
     """Start the encoder from ImageNet weights; False trains from random initialisation, for comparison."""
     freeze: int | str = "all"
     """Encoder stages that keep their pretrained weights: "all" trains only the decoder, 0 fine-tunes everything."""
-    epochs: int = 15
+    epochs: int = 8
     learning_rate: float = 3e-3
     """Learning rate of the decoder; fine-tuned pretrained encoder stages use a tenth of it."""
     batch_size: int = 8
