@@ -30,7 +30,7 @@ from tlapp.errors import TlappError
 from tlapp.events import EpochEnd, Progress
 from tlapp.images import IMAGE_EXTENSIONS, ImageError, load_rgb
 from tlapp.jobs import INTERRUPTED, Job, get_manager, run_status
-from tlapp.runs import Run, list_runs, load_run
+from tlapp.runs import Run, list_runs, load_run, read_config, write_config
 from tlapp.segmentation.dataset import SegmentationData, load_segmentation_data
 from tlapp.segmentation.masks import MaskConvention, display_colour
 from tlapp.segmentation.model import SMP_ENCODERS, build_unet, encoder_stages
@@ -55,6 +55,20 @@ BATCH_SIZES = [2, 4, 8, 16, 32]
 IMAGE_SIZES = list(range(128, 513, 32))
 STATIC_CHART = {"displayModeBar": False}
 
+
+
+# Columns of the runs table; a value a run does not have (yet) shows as a dash.
+RUNS_COLUMNS = {
+    "run": st.column_config.TextColumn(),
+    "status": st.column_config.TextColumn(help="interrupted: the server restarted while the run was going"),
+    "backbone": st.column_config.TextColumn(),
+    "frozen stages": st.column_config.TextColumn("frozen", help="Encoder stages that kept their ImageNet weights ('all' until the run has started)"),
+    "image size": st.column_config.NumberColumn(),
+    "epochs": st.column_config.NumberColumn(help="Epochs run, or planned while the run is going"),
+    "augmentation": st.column_config.TextColumn("augment"),
+    "validation IoU": st.column_config.NumberColumn(format="percent"),
+    "training time": st.column_config.TextColumn("time"),
+}
 
 
 # --- shared helpers -----------------------------------------------------------------------------
@@ -469,6 +483,7 @@ def start_run(ws_id: str, store: SegmentationStore, dataset: Path, config: Segme
     with engine_errors("starting the run"):
         config.validate()
         run_dir = store.new_run_dir(config.backbone)
+        write_config(run_dir, config.to_dict())
         get_manager().submit(JOB_KIND, run_dir, lambda stop: train_segmentation(dataset, config, run_dir, stop), owner=ws_id)
     st.session_state["seg_run"] = run_dir.name
 
@@ -606,30 +621,45 @@ def _run_label(run: Run) -> str:
 
 
 def show_runs_table(store: SegmentationStore) -> None:
-    rows = []
-    for run_dir in store.run_dirs():
-        row = {"run": run_dir.name, "status": STATUS_LABELS.get(run_status(run_dir), "")}
-        try:
-            run = load_run(run_dir)
-        except (TlappError, ValueError, OSError):
-            rows.append(row)
-            continue
+    rows = [_run_row(run_dir) for run_dir in store.run_dirs()]
+    table = pd.DataFrame(rows, columns=list(RUNS_COLUMNS))
+    for column in ("image size", "epochs"):
+        table[column] = table[column].astype("Int64")
+    table["validation IoU"] = table["validation IoU"].astype("Float64")
+    st.dataframe(table, hide_index=True, width="stretch", column_config=RUNS_COLUMNS)
+
+
+def _run_row(run_dir: Path) -> dict:
+    """Return a run's row from its run.json, or from the configuration it started with while it has none."""
+    row = {"run": run_dir.name, "status": STATUS_LABELS.get(run_status(run_dir), "")}
+    try:
+        run = load_run(run_dir)
+    except (TlappError, ValueError, OSError):
+        run = None
+    if run is not None:
         config = run.info.get("config", {})
-        row.update(
-            {
-                "backbone": run.info.get("backbone"),
-                "frozen stages": run.info.get("frozen_stages"),
-                "image size": run.info.get("image_size"),
-                "epochs": run.metrics.get("epochs_run"),
-                "augmentation": config.get("augment"),
-                "validation IoU": run.metrics.get("val_iou"),
-                "training time": format_seconds(run.metrics.get("train_seconds")),
-            }
-        )
-        rows.append(row)
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
-        "validation IoU": st.column_config.NumberColumn(format="percent"),
-    })
+        backbone, frozen, image_size = run.info.get("backbone"), run.info.get("frozen_stages"), run.info.get("image_size")
+        epochs = run.metrics.get("epochs_run")
+    else:
+        config = read_config(run_dir)
+        backbone, frozen, image_size = config.get("backbone"), config.get("freeze"), config.get("image_size")
+        epochs = config.get("epochs")
+    augment = config.get("augment")
+    augmentation = None
+    if augment is not None:
+        augmentation = "yes" if augment else "no"
+    row.update(
+        {
+            "backbone": backbone,
+            "frozen stages": None if frozen is None else str(frozen),
+            "image size": image_size,
+            "epochs": epochs,
+            "augmentation": augmentation,
+            "validation IoU": run.metrics.get("val_iou") if run else None,
+            "training time": format_seconds(run.metrics["train_seconds"]) if run and "train_seconds" in run.metrics else None,
+        }
+    )
+    return row
 
 
 @st.cache_resource(max_entries=256, show_spinner=False)

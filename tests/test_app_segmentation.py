@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import HARDCASES, SHARED
 from PIL import Image
@@ -219,3 +220,21 @@ def test_train_results_predict(page):
     assert len(downloads) == 1
     assert any("shape:" in caption.value for caption in at.caption)
 
+
+def test_unfinished_run_shows_its_settings(page, tmp_path):
+    # A run without run.json (queued, or cut off by a restart) is described by its config.json.
+    from tlapp.runs import write_config
+    from tlapp.segmentation.training import SegmentationConfig
+
+    run_dir = tmp_path / "workspaces" / "segtest" / "segmentation" / "runs" / "2024-01-01_000000_efficientnet_lite0"
+    write_config(run_dir, SegmentationConfig(freeze=5, epochs=3, image_size=192, augment=False).to_dict())
+
+    at = open_tab(page, "Results")
+    row = at.dataframe[0].value.iloc[0]
+    assert row["status"] == "interrupted (the server restarted)"
+    assert row["backbone"] == "efficientnet_lite0"
+    assert row["frozen stages"] == "5"
+    assert row["image size"] == 192
+    assert row["epochs"] == 3
+    assert row["augmentation"] == "no"
+    assert pd.isna(row["validation IoU"])

@@ -29,7 +29,7 @@ from tlapp import backbones as bb
 from tlapp.errors import TlappError
 from tlapp.events import Clock, Done, EpochEnd, Event, Message, Progress, StopRequested, Stopped, to_dict
 from tlapp.images import load_rgb
-from tlapp.runs import save_run_files
+from tlapp.runs import save_run_files, write_config
 from tlapp.segmentation import model as unet
 from tlapp.segmentation.dataset import TRIMAP_BORDERS, SegmentationData, load_segmentation_data
 from tlapp.segmentation.masks import IGNORE_INDEX
@@ -304,7 +304,8 @@ def train_segmentation(
     unusable data).
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    config.validate()  # before anything is written, so invalid settings leave no run folder behind
+    write_config(run_dir, config.to_dict())
     with open(run_dir / "events.jsonl", "a", encoding="utf-8") as log_file:
         for event in _train_steps(data, config, run_dir, stop):
             log_file.write(json.dumps(to_dict(event)) + "\n")
