@@ -249,7 +249,7 @@ def show_dataset_problem(error: TlappError) -> None:
     if not isinstance(error, DatasetError):
         return
     if error.report is not None and error.report.skipped:
-        show_skipped(error.report.skipped)
+        show_skipped(error.report.skipped, usable=False)
     st.caption(
         "Your files are kept. Fix the dataset (for example, add a class and its photos in the "
         "'Build class by class' tab, or upload a corrected zip) and the check runs again."
@@ -286,9 +286,13 @@ def show_examples(collection) -> None:
         image_grid([(thumbnail(sample.path), sample.relpath) for sample in by_class[index]], columns=EXAMPLES_PER_CLASS)
 
 
-def show_skipped(skipped: list[dict]) -> None:
+def show_skipped(skipped: list[dict], usable: bool = True) -> None:
+    """List the skipped files; ``usable`` is whether the rest of the dataset can train."""
     st.subheader(f"Skipped files ({len(skipped)})")
-    st.caption("These files are not used for training. The rest of the dataset is.")
+    if usable:
+        st.caption("These files are not used for training. The rest of the dataset is.")
+    else:
+        st.caption("These files could not be used either.")
     st.dataframe(pd.DataFrame(skipped).rename(columns={"file": "File", "reason": "Reason"}), hide_index=True, width="stretch")
 
 

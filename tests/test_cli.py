@@ -94,6 +94,29 @@ def test_predict_on_missing_run_says_what_to_pass(tmp_path, capsys):
     assert "--out" in capsys.readouterr().err
 
 
+def test_predict_on_absent_folder_names_it(tmp_path, capsys):
+    absent = tmp_path / "nowhere"
+    assert main(["predict", str(absent), str(C01)]) == 2
+    assert f"There is no run folder {absent}" in capsys.readouterr().err
+
+
+def test_train_keeps_an_earlier_run(c01_run, capsys):
+    before = (c01_run / "metrics.json").read_text()
+
+    assert main(["train", str(C01), "--epochs", "1", "--out", str(c01_run)]) == 2
+    error = capsys.readouterr().err
+    assert f"The run folder {c01_run} already contains files" in error
+    assert "Choose a new folder for --out" in error
+    assert (c01_run / "metrics.json").read_text() == before
+
+
+def test_invalid_settings_leave_no_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", str(C01), "--epochs", "0", "--out", str(out)]) == 2
+    assert "epochs must be between 1 and 1000" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_backbones_lists_weights_status(capsys):
     assert main(["backbones", "--json"]) == 0
 

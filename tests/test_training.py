@@ -17,7 +17,7 @@ from tlapp.events import Done, EpochEnd, Message, Progress, Stopped, from_dict
 from tlapp.backbones import PRECISION_VARIABLE, frozen_dtype
 from tlapp.features import frozen_forward
 from tlapp.runs import list_runs, load_predictor, load_run
-from tlapp.training import TrainConfig, estimate_train_seconds, train, train_classifier
+from tlapp.training import TrainConfig, estimate_train_seconds, skipped_summary, train, train_classifier
 
 COLOURS = {"blue": (40, 60, 200), "red": (210, 40, 40), "yellow": (230, 210, 40)}
 
@@ -237,4 +237,15 @@ def test_unknown_precision_falls_back_to_the_automatic_choice(monkeypatch, caplo
     automatic = frozen_dtype()
     monkeypatch.setenv(PRECISION_VARIABLE, "float8")
     assert frozen_dtype() == automatic
-    assert "ignoring TLAPP_FROZEN_PRECISION=float8" in caplog.text
+    assert frozen_dtype() == automatic
+    assert caplog.text.count("ignoring TLAPP_FROZEN_PRECISION=float8") == 1
+
+
+def test_skipped_summary_names_files():
+    skipped = [{"file": f"a/{i}.txt", "reason": "not an image file (.txt)"} for i in range(5)]
+
+    assert skipped_summary(skipped[:1]) == "Skipped 1 file that is not a usable image: a/0.txt (not an image file (.txt))."
+    summary = skipped_summary(skipped)
+    assert summary.startswith("Skipped 5 files that are not usable images: a/0.txt (not an image file (.txt)); a/1.txt")
+    assert "a/3.txt" not in summary
+    assert summary.endswith("; and 2 more, listed in the dataset report.")

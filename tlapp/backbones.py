@@ -352,6 +352,7 @@ def count_params(module: nn.Module) -> tuple[int, int]:
 # TLAPP_FROZEN_PRECISION overrides the automatic choice of frozen_dtype: "bfloat16" or "float32".
 PRECISION_VARIABLE = "TLAPP_FROZEN_PRECISION"
 PRECISIONS = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+_WARNED_PRECISIONS: set[str] = set()  # invalid values already warned about, so each is logged once
 
 
 def frozen_dtype() -> torch.dtype:
@@ -365,7 +366,8 @@ def frozen_dtype() -> torch.dtype:
     chosen = os.environ.get(PRECISION_VARIABLE, "").strip().lower()
     if chosen in PRECISIONS:
         return PRECISIONS[chosen]
-    if chosen:
+    if chosen and chosen not in _WARNED_PRECISIONS:
+        _WARNED_PRECISIONS.add(chosen)
         log.warning("ignoring %s=%s: use bfloat16 or float32", PRECISION_VARIABLE, chosen)
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return torch.bfloat16 if native else torch.float32

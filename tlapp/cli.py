@@ -106,6 +106,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from tlapp.runs import check_new_run_dir
     from tlapp.training import TrainConfig, train
 
     config = TrainConfig(
@@ -120,6 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         val_fraction=args.val_fraction,
     )
+    check_new_run_dir(args.out)
     metrics = train(args.data, config, args.out, on_event=print_event)
     print(json.dumps(metrics, indent=2))
     return 0

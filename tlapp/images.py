@@ -299,7 +299,7 @@ def _unidentified_error(data: bytes, name: str) -> ImageError:
                 hint="The download probably failed (an error or login page was saved instead). "
                 "Download the image again or remove it.",
             )
-        return ImageError(name, _REASON_TEXT, hint="Remove it from the image folder.")
+        return ImageError(name, _REASON_TEXT, hint="Use an image file (JPEG, PNG or another photo format) instead.")
     return ImageError(name, _REASON_UNSUPPORTED, hint="Convert it to JPEG or PNG.")
 
 

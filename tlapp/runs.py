@@ -101,6 +101,8 @@ class Run:
 def load_run(path: str | Path) -> Run:
     """Read a run folder; raise TlappError when it is not one."""
     path = Path(path)
+    if not path.is_dir():
+        raise TlappError(f"There is no run folder {path}.", "Pass the folder given to --out when training.")
     info = _read_json(path / INFO_FILE)
     if info is None:
         raise TlappError(
@@ -115,6 +117,18 @@ def load_run(path: str | Path) -> Run:
         evaluation=_read_json(path / "evaluation.json", {}),
         report=_read_json(path / "report.json", {}),
     )
+
+
+def check_new_run_dir(run_dir: str | Path) -> None:
+    """Raise TlappError when ``run_dir`` exists and is not empty, so a new run never overwrites an old one."""
+    run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise TlappError(f"The run folder {run_dir} is a file.", "Choose a folder name for --out.")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise TlappError(
+            f"The run folder {run_dir} already contains files, perhaps an earlier run.",
+            "Choose a new folder for --out, or delete this one first.",
+        )
 
 
 def write_config(run_dir: str | Path, config: dict) -> None:

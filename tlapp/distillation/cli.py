@@ -59,6 +59,7 @@ def register(subparsers) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from tlapp.cli import print_event
+    from tlapp.runs import check_new_run_dir
     from tlapp.distillation.engine import DistillConfig, run_distillation
 
     config = DistillConfig(
@@ -75,6 +76,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         data=str(args.data) if args.data else "",
         latency_runs=args.latency_runs,
     )
+    check_new_run_dir(args.out)
     metrics = run_distillation(args.teacher, config, args.out, on_event=print_event)
     print(json.dumps(metrics, indent=2))
     return 0

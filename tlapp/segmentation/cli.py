@@ -40,6 +40,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tlapp.cli import print_event
+    from tlapp.runs import check_new_run_dir
     from tlapp.segmentation.training import SegmentationConfig, train
 
     config = SegmentationConfig(
@@ -58,6 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         drop_outline_masks=args.drop_outline_masks,
         class_names=args.class_names,
     )
+    check_new_run_dir(args.out)
     metrics = train(args.data, config, args.out, on_event=print_event)
     print(json.dumps(metrics, indent=2))
     return 0
