@@ -25,7 +25,7 @@ def test_lite0_encoder_takes_every_bundled_tensor():
 
 
 def test_resnet18_encoder_takes_torchvision_weights(monkeypatch, tmp_path):
-    # A resnet18 state dict with random values stands in for torchvision's ImageNet file in a
+    # A resnet18 state dict with random values replaces torchvision's ImageNet file in a
     # temporary torch hub cache, so the test neither downloads nor depends on this machine's cache.
     import torchvision
 

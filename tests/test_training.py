@@ -232,7 +232,7 @@ def test_bfloat16_features_match_float32(monkeypatch):
     assert torch.nn.functional.cosine_similarity(rounded, exact).min() > 0.998
 
 
-def test_unknown_precision_falls_back_to_the_automatic_choice(monkeypatch, caplog):
+def test_unknown_precision_uses_automatic(monkeypatch, caplog):
     monkeypatch.delenv(PRECISION_VARIABLE, raising=False)
     automatic = frozen_dtype()
     monkeypatch.setenv(PRECISION_VARIABLE, "float8")
