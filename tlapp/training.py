@@ -458,6 +458,7 @@ def _fit(
         metrics=metrics,
         evaluation=evaluation,
     )
+    yield Progress("evaluate", 1, 1, clock.elapsed, message="evaluating the best epoch")
     yield (Stopped if stopped else Done)(str(run_dir), metrics)
 
 

@@ -350,6 +350,7 @@ def train_students(
         return
     yield Progress("evaluate", 0, 1, clock.elapsed, message="evaluating the best epochs and timing the models on the CPU")
     metrics = _compare_and_save(prepared, trainers, data, config, run_dir, clock, stopped)
+    yield Progress("evaluate", 1, 1, clock.elapsed, message="evaluating the best epochs and timing the models on the CPU")
     yield (Stopped if stopped else Done)(str(run_dir), metrics)
 
 

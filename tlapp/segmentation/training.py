@@ -537,6 +537,7 @@ def _fit(model, frozen, num_stages, train_batches, val_batches, transform, data,
         metrics=metrics,
         evaluation=evaluation,
     )
+    yield Progress("evaluate", 1, 1, clock.elapsed, message="evaluating the best epoch at the original image sizes")
     yield (Stopped if stopped else Done)(str(run_dir), metrics)
 
 
