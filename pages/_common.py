@@ -204,6 +204,18 @@ def image_grid(items: list[tuple[Image.Image | None, str]], columns: int = 6) ->
                     st.image(image, caption=caption, width="stretch")
 
 
+def run_to_follow(owner: str, kind: str, runs_dir: Path, session_key: str, newest: Callable[[], Path | None]) -> Path | None:
+    """Return the run a page follows: the owner's active job of ``kind``, else the run named in
+    ``st.session_state[session_key]`` (the one started last), else ``newest()``."""
+    for job in get_manager().jobs(owner=owner):
+        if job.active and job.kind == kind:
+            return job.run_dir
+    name = st.session_state.get(session_key)
+    if name and (runs_dir / name).is_dir():
+        return runs_dir / name
+    return newest()
+
+
 def follow_run(run_dir: Path, draw: Callable[[Path, Job | None, str], None]) -> None:
     """Draw a run with ``draw(run_dir, job, status)``; while its job is active, redraw every REFRESH_SECONDS.
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages._common import TRAIN, draw_job, engine_errors, follow_run, format_seconds, require, thumbnail, workspace
+from pages._common import TRAIN, draw_job, engine_errors, follow_run, format_seconds, require, run_to_follow, thumbnail, workspace
 from tlapp.charts import accuracy_latency_figure, distillation_curves_figure, model_size_figure, temperature_figure
 from tlapp.distillation import (
     DISTILLED,
@@ -179,18 +179,6 @@ def start_run(ws: Workspace, teacher: Run, config: DistillConfig) -> None:
     st.session_state["distill_run"] = run_dir.name
 
 
-def current_run(ws: Workspace) -> Path | None:
-    """Return the run to follow: an active distillation of this workspace, else the last started, else the newest."""
-    for job in get_manager().jobs(owner=ws.id):
-        if job.active and job.kind == JOB_KIND:
-            return job.run_dir
-    name = st.session_state.get("distill_run")
-    if name and (ws.runs_dir / name).is_dir():
-        return ws.runs_dir / name
-    runs = distillation_runs(ws)
-    return runs[0].path if runs else None
-
-
 def series_histories(run_dir: Path, job: Job | None) -> dict[str, list[dict]]:
     """Return the EpochEnd records of each student so far, distilled first."""
     events = job.events if job is not None else read_events(run_dir)
@@ -255,7 +243,7 @@ def show_distil_tab(ws: Workspace, teachers: list[Run]) -> None:
     if busy:
         st.caption("One run at a time per workspace: wait for the current one or stop it.")
 
-    followed = current_run(ws)
+    followed = run_to_follow(ws.id, JOB_KIND, ws.runs_dir, "distill_run", lambda: next((run.path for run in distillation_runs(ws)), None))
     if followed is not None:
         st.divider()
         st.header("Current run")

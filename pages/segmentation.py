@@ -19,6 +19,7 @@ from pages._common import (
     engine_errors,
     epoch_history,
     follow_run,
+    run_to_follow,
     format_seconds,
     image_grid,
     show_error,
@@ -488,18 +489,6 @@ def start_run(ws_id: str, store: SegmentationStore, dataset: Path, config: Segme
     st.session_state["seg_run"] = run_dir.name
 
 
-def current_run(ws_id: str, store: SegmentationStore) -> Path | None:
-    """Return the run to follow: an active segmentation job of this workspace, else the last started, else the newest."""
-    for job in get_manager().jobs(owner=ws_id):
-        if job.active and job.kind == JOB_KIND:
-            return job.run_dir
-    name = st.session_state.get("seg_run")
-    if name and (store.runs_dir / name).is_dir():
-        return store.runs_dir / name
-    runs = store.run_dirs()
-    return runs[0] if runs else None
-
-
 def draw_run(run_dir: Path, job: Job | None, status: str) -> None:
     history = epoch_history(run_dir)
     draw_job(run_dir, job, status, draw_progress, "seg_stop", "Stops after the current batch. The best finished epoch, if any, is kept as the run's model.")
@@ -591,7 +580,7 @@ def show_train_tab(ws_id: str, store: SegmentationStore) -> None:
     if problem:
         st.caption(f"{problem} Fix the class names on the Pairs tab.")
 
-    followed = current_run(ws_id, store)
+    followed = run_to_follow(ws_id, JOB_KIND, store.runs_dir, "seg_run", lambda: next(iter(store.run_dirs()), None))
     if followed is not None:
         st.divider()
         st.header("Current run")

@@ -17,6 +17,7 @@ from pages._common import (
     engine_errors,
     epoch_history,
     follow_run,
+    run_to_follow,
     format_seconds,
     link,
     load_dataset,
@@ -177,18 +178,6 @@ def start_run(ws: Workspace, dataset: Path, config: TrainConfig) -> None:
             "train", run_dir, lambda stop: train_classifier(dataset, config, run_dir, stop), owner=ws.id
         )
     st.session_state["train_run"] = run_dir.name
-
-
-def current_run(ws: Workspace) -> Path | None:
-    """Return the run to follow: this workspace's active training job, else the last started, else the newest."""
-    for job in get_manager().jobs(owner=ws.id):
-        if job.active and job.kind == "train":
-            return job.run_dir
-    name = st.session_state.get("train_run")
-    if name and (ws.runs_dir / name).is_dir():
-        return ws.runs_dir / name
-    runs = ws.run_dirs()
-    return runs[0] if runs else None
 
 
 def draw_run(run_dir: Path, job: Job | None, status: str) -> None:
@@ -365,7 +354,7 @@ if busy:
     st.caption("One run at a time per workspace: wait for this one or stop it.")
 
 st.divider()
-followed = current_run(ws)
+followed = run_to_follow(ws.id, "train", ws.runs_dir, "train_run", lambda: next(iter(ws.run_dirs()), None))
 if followed is not None:
     st.header("Current run")
     follow_run(followed, draw_run)
