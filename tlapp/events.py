@@ -101,7 +101,7 @@ class StopRequested(Exception):
 
 
 # Progress events during a long step come at most this often (seconds). Pages redraw a running
-# job every 1.5 s, so a shorter interval would only add events nobody sees.
+# job every 1.5 s, so a shorter interval would add events that no page shows.
 PROGRESS_INTERVAL = 1.0
 
 
