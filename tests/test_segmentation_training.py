@@ -16,6 +16,7 @@ from tlapp.errors import TlappError
 from tlapp.events import Done, EpochEnd, Progress, Stopped, from_dict
 from tlapp.segmentation.dataset import load_segmentation_data
 from tlapp.segmentation.model import build_unet
+from tlapp.segmentation.metrics import image_scores
 from tlapp.segmentation.predict import colorize, load_segmenter, overlay
 from tlapp.segmentation.training import SegmentationConfig, train, train_segmentation
 
@@ -114,6 +115,17 @@ def test_segmenter_predicts_at_original_size(frozen_run, shapes):
     np.testing.assert_allclose(probabilities.sum(0), 1.0, atol=1e-5)
     assert overlay(image, mask).size == image.size
     assert colorize(mask).size == image.size
+
+
+def test_segmenter_reproduces_the_evaluation(frozen_run):
+    # Training scores the validation images on cached frozen-stage features; the segmenter
+    # recomputes those stages, in the same precision, so its masks score the same.
+    run_dir, _ = frozen_run
+    segmenter = load_segmenter(run_dir)
+    for sample in json.loads((run_dir / "evaluation.json").read_text())["samples"]:
+        predicted = torch.from_numpy(segmenter.predict(sample["file"])).long()
+        truth = torch.from_numpy((np.asarray(Image.open(sample["mask"])) > 0).astype(np.int64))
+        assert image_scores(predicted, truth, 2)["iou"] == pytest.approx(sample["iou"], abs=0.02), sample["relpath"]
 
 
 def test_overlay_tints_only_object_pixels():

@@ -12,11 +12,12 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from tlapp.backbones import frozen_precision
 from tlapp.errors import TlappError
 from tlapp.images import load_rgb
 from tlapp.runs import MODEL_FILE, Run, load_run
 from tlapp.segmentation.masks import IGNORE_INDEX, display_colour
-from tlapp.segmentation.model import build_unet
+from tlapp.segmentation.model import build_unet, decode_features, encode_from, encode_until
 from tlapp.segmentation.transforms import image_tensor
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class Segmenter:
         state = torch.load(run.path / MODEL_FILE, map_location="cpu", weights_only=True)
         self.model.load_state_dict(state)
         self.model.eval()
+        self.backbone = info["backbone"]
+        self.frozen = int(info.get("frozen_stages", 0))
         # One model instance serves every page session; inference on it is serialised.
         self._lock = threading.Lock()
 
@@ -86,9 +89,16 @@ class Segmenter:
         picture = self.load_image(image, name)
         batch = image_tensor(picture, self.input_size, self.mean, self.std)[None]
         with self._lock, torch.inference_mode():
-            logits = self.model(batch)
+            logits = self._logits(batch)
             logits = F.interpolate(logits, size=(picture.height, picture.width), mode="bilinear", align_corners=False)
             return logits.softmax(1)[0].numpy()
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Return class logits at the input size; the frozen stages run as training cached them."""
+        with frozen_precision():
+            kept = encode_until(self.model, self.backbone, batch, self.frozen)
+        features = encode_from(self.model, self.backbone, [level.float() for level in kept], self.frozen)
+        return decode_features(self.model, features, tuple(batch.shape[-2:]))
 
     def predict(self, image: str | Path | bytes | Image.Image, name: str | None = None) -> np.ndarray:
         """Return the class-index mask (uint8, height x width) at the image's own size."""

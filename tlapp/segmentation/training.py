@@ -196,7 +196,8 @@ def _cache_features(
             items = batches.loaded[start : start + chunk]
             pairs = [transform(item.image, item.target) for item in items]
             images = torch.stack([image for image, _ in pairs])
-            with torch.inference_mode():
+            # Frozen stages run in bfloat16 where the CPU computes it natively, as for classification.
+            with torch.inference_mode(), bb.frozen_precision():
                 levels = unet.encode_until(model, backbone, images, batches.boundary)
             if features is None:
                 features = [torch.empty((total, *level.shape[1:]), dtype=torch.float16) for level in levels]
