@@ -16,7 +16,7 @@ from tlapp.events import EpochEnd, Failed, Message, to_dict
 from tlapp.images import ImageError, load_rgb
 from tlapp.jobs import FINAL_STATUSES, INTERRUPTED, Job, get_manager, run_status
 from tlapp.runs import read_events
-from tlapp.workspace import Workspace, dataset_fingerprint, is_valid_workspace_id, new_workspace_id
+from tlapp.workspace import WORKSPACE, DatasetChoice, Workspace, dataset_fingerprint, is_valid_workspace_id, new_workspace_id
 
 log = logging.getLogger("tlapp.app")
 
@@ -258,3 +258,33 @@ def draw_job(run_dir: Path, job: Job | None, status: str, progress: Callable[[li
     if failed is not None:
         show_error(TlappError(failed.message, failed.hint))
     return events
+
+
+def dataset_chooser(store, key: str, label: str, on_delete: Callable[[str], None]) -> DatasetChoice | None:
+    """Show the dataset selectbox and, for the user's own dataset, a Delete button; return the chosen dataset.
+
+    ``store`` is a Workspace or a SegmentationStore: both list, remember and delete datasets.
+    ``on_delete(name)`` runs after a deletion, before the page reruns (to queue a notice).
+    """
+    choices = store.choices()
+    if not choices:
+        return None
+    labels = [choice.label for choice in choices]
+    current = store.selected_dataset()
+    # The stored choice wins over the widget's memory: uploads and the library change it too.
+    st.session_state[key] = current.label if current else None
+
+    def remember() -> None:
+        chosen = st.session_state[key]
+        if chosen in labels:
+            store.select_dataset(choices[labels.index(chosen)])
+
+    columns = st.columns([4, 1], vertical_alignment="bottom")
+    columns[0].selectbox(label, labels, key=key, on_change=remember, placeholder="Choose a dataset")
+    if current is not None and current.source == WORKSPACE:
+        if columns[1].button("Delete", key=f"{key}_delete", icon=":material/delete:", help="Delete this dataset from your workspace"):
+            with engine_errors("deleting the dataset"):
+                store.delete_dataset(current.name)
+            on_delete(current.name)
+            st.rerun()
+    return current

@@ -10,6 +10,7 @@ import streamlit as st
 from pages._common import (
     IMAGE_FORMATS_CAPTION,
     TRAIN,
+    dataset_chooser,
     engine_errors,
     image_grid,
     link,
@@ -199,32 +200,6 @@ def show_notices() -> None:
         st.dataframe(pd.DataFrame(rejected).rename(columns={"file": "File", "reason": "Reason"}), hide_index=True)
 
 
-def show_chooser(ws: Workspace) -> DatasetChoice | None:
-    """Show the dataset selectbox; return the chosen dataset."""
-    choices = ws.choices()
-    if not choices:
-        return None
-    labels = [choice.label for choice in choices]
-    current = ws.selected_dataset()
-    # The stored choice wins over the widget's memory: uploads and the library tab change it too.
-    st.session_state["dataset_chooser"] = current.label if current else None
-
-    def remember() -> None:
-        label = st.session_state["dataset_chooser"]
-        if label in labels:
-            ws.select_dataset(choices[labels.index(label)])
-
-    columns = st.columns([4, 1], vertical_alignment="bottom")
-    columns[0].selectbox("Dataset to train on", labels, key="dataset_chooser", on_change=remember, placeholder="Choose a dataset")
-    if current is not None and current.source == WORKSPACE:
-        if columns[1].button("Delete", key="dataset_delete", icon=":material/delete:", help="Delete this dataset from your workspace"):
-            with engine_errors("deleting the dataset"):
-                ws.delete_dataset(current.name)
-            notify(f"Deleted the dataset '{current.name}'.")
-            st.rerun()
-    return current
-
-
 def show_report(choice: DatasetChoice) -> None:
     """Check the chosen dataset and show its report."""
     files = (str(choice.path), dataset_fingerprint(choice.path))
@@ -314,7 +289,7 @@ if library_tab.open:
 
 st.divider()
 st.header("Your dataset")
-chosen = show_chooser(ws)
+chosen = dataset_chooser(ws, "dataset_chooser", "Dataset to train on", lambda name: notify(f"Deleted the dataset '{name}'."))
 if chosen is None:
     st.info("No dataset chosen yet: upload a zip, build classes or pick a library dataset above.", icon=":material/info:")
     st.stop()

@@ -15,6 +15,7 @@ from pages._common import (
     STATUS_LABELS,
     THUMBNAIL_SIDE,
     WEIGHTS_STATUS,
+    dataset_chooser,
     draw_job,
     engine_errors,
     epoch_history,
@@ -228,32 +229,6 @@ def show_notices() -> None:
         st.dataframe(pd.DataFrame(rejected).rename(columns={"file": "File", "reason": "Reason"}), hide_index=True)
 
 
-def show_chooser(store: SegmentationStore) -> DatasetChoice | None:
-    """Show the dataset selectbox (and a delete button for own datasets); return the chosen dataset."""
-    choices = store.choices()
-    if not choices:
-        return None
-    labels = [choice.label for choice in choices]
-    current = store.selected_dataset()
-    # The stored choice wins over the widget's memory: uploads and the library change it too.
-    st.session_state["seg_chooser"] = current.label if current else None
-
-    def remember() -> None:
-        label = st.session_state["seg_chooser"]
-        if label in labels:
-            store.select_dataset(choices[labels.index(label)])
-
-    columns = st.columns([4, 1], vertical_alignment="bottom")
-    columns[0].selectbox("Dataset to segment", labels, key="seg_chooser", on_change=remember, placeholder="Choose a dataset")
-    if current is not None and current.source == WORKSPACE:
-        if columns[1].button("Delete", key="seg_dataset_delete", icon=":material/delete:", help="Delete this dataset from your workspace"):
-            with engine_errors("deleting the dataset"):
-                store.delete_dataset(current.name)
-            st.session_state["seg_notice"] = f"Deleted the segmentation dataset '{current.name}'."
-            st.rerun()
-    return current
-
-
 def load_chosen(choice: DatasetChoice) -> SegmentationData | None:
     """Load the chosen dataset, showing the engine's error (and keeping the page alive) when it fails."""
     try:
@@ -382,7 +357,7 @@ def show_pairs_tab(store: SegmentationStore) -> None:
         show_library(store)
     st.divider()
     st.header("Your segmentation dataset")
-    choice = show_chooser(store)
+    choice = dataset_chooser(store, "seg_chooser", "Dataset to segment", lambda name: st.session_state.update(seg_notice=f"Deleted the segmentation dataset '{name}'."))
     if choice is None:
         st.info("No dataset chosen yet: upload pairs or pick a library dataset above.", icon=":material/info:")
         return

@@ -190,6 +190,17 @@ def test_zip_upload_becomes_chosen_dataset(app, tmp_path):
     assert (tmp_path / "workspaces" / "apptest" / "datasets" / "control_3class" / "circle").is_dir()
 
 
+def test_chosen_dataset_can_be_deleted(app, tmp_path):
+    at = app("pages/data.py")
+    at.file_uploader[0].set_value(("control_3class.zip", C01_ZIP.read_bytes(), "application/zip")).run()
+
+    at.button(key="dataset_chooser_delete").click().run()
+    assert not at.exception
+    assert "Deleted the dataset 'control_3class'." in texts(at.success)
+    assert not (tmp_path / "workspaces" / "apptest" / "datasets" / "control_3class").exists()
+    assert at.selectbox(key="dataset_chooser").value != "control_3class"
+
+
 def test_one_class_zip_refused_naming_class(app, tmp_path):
     at = app("pages/data.py")
     at.file_uploader[0].set_value(("single.zip", H24_ZIP.read_bytes(), "application/zip")).run()
