@@ -152,7 +152,7 @@ def choose_loss() -> dict:
 def choose_training() -> dict:
     defaults = DistillConfig()
     columns = st.columns(2)
-    epochs = columns[0].slider("Epochs", 1, 100, defaults.epochs, key="distill_epochs", help="How many times each student sees every training image.")
+    epochs = columns[0].slider("Epochs", 1, 300, defaults.epochs, key="distill_epochs", help="How many times each student sees every training image.")
     views = columns[1].slider(
         "Views per image", 1, 16, defaults.views, key="distill_views",
         help="The centre crop plus random crops of each training image. The teacher labels each view once; each epoch draws one per image.",

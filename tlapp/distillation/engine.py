@@ -57,7 +57,7 @@ class DistillConfig:
     """Softmax temperature T of the teacher-matching term; higher T shows more of how the teacher ranks wrong classes."""
     alpha: float = 0.5
     """Weight of the label loss; the teacher-matching term gets 1 - alpha."""
-    epochs: int = 30
+    epochs: int = 100
     learning_rate: float = 1e-3
     """Learning rate of the new layers; pretrained stages that train use a tenth of it."""
     batch_size: int = 32
