@@ -288,3 +288,26 @@ def dataset_chooser(store, key: str, label: str, on_delete: Callable[[str], None
             on_delete(current.name)
             st.rerun()
     return current
+
+
+def library_picker(store, library: list[DatasetChoice], key: str, description: str, on_use: Callable[[str], None]) -> None:
+    """Show the instructor's library datasets with a button that makes the picked one the chosen dataset.
+
+    ``store`` is a Workspace or a SegmentationStore. ``on_use(name)`` runs after the choice,
+    before the page reruns (to queue a notice).
+    """
+    if not library:
+        st.info(
+            "The instructor has not set up a dataset library on this server "
+            "(a folder named by the TLAPP_DATASETS environment variable).",
+            icon=":material/info:",
+        )
+        return
+    st.markdown(description)
+    names = [choice.name for choice in library]
+    name = st.selectbox("Library dataset", names, key=f"{key}_pick")
+    if st.button("Use this dataset", key=f"{key}_use", icon=":material/check:"):
+        choice = library[names.index(name)]
+        store.select_dataset(choice)
+        on_use(choice.name)
+        st.rerun()

@@ -11,6 +11,7 @@ from pages._common import (
     IMAGE_FORMATS_CAPTION,
     TRAIN,
     dataset_chooser,
+    library_picker,
     engine_errors,
     image_grid,
     link,
@@ -168,25 +169,6 @@ def upload_notice(label: str, saved: list[str], duplicates: list[str], rejected:
     return notice
 
 
-def show_library(ws: Workspace) -> None:
-    library = ws.library()
-    if not library:
-        st.info(
-            "The instructor has not set up a dataset library on this server "
-            "(a folder named by the TLAPP_DATASETS environment variable).",
-            icon=":material/info:",
-        )
-        return
-    st.markdown("Datasets prepared by the instructor. They are shared and read-only.")
-    names = [choice.name for choice in library]
-    name = st.selectbox("Library dataset", names, key="library_pick")
-    if st.button("Use this dataset", key="library_use", icon=":material/check:"):
-        choice = library[names.index(name)]
-        ws.select_dataset(choice)
-        notify(f"Using the library dataset '{choice.name}'.")
-        st.rerun()
-
-
 def show_notices() -> None:
     for level, text in st.session_state.pop("data_notices", []):
         if level == "warning":
@@ -285,7 +267,10 @@ if builder_tab.open:
         show_class_builder(ws)
 if library_tab.open:
     with library_tab:
-        show_library(ws)
+        library_picker(
+            ws, ws.library(), "library", "Datasets prepared by the instructor. They are shared and read-only.",
+            lambda name: notify(f"Using the library dataset '{name}'."),
+        )
 
 st.divider()
 st.header("Your dataset")

@@ -16,6 +16,7 @@ from pages._common import (
     THUMBNAIL_SIDE,
     WEIGHTS_STATUS,
     dataset_chooser,
+    library_picker,
     draw_job,
     engine_errors,
     epoch_history,
@@ -200,25 +201,6 @@ def show_files_upload(store: SegmentationStore) -> None:
         st.rerun()
 
 
-def show_library(store: SegmentationStore) -> None:
-    library = store.workspace.library()
-    if not library:
-        st.info(
-            "The instructor has not set up a dataset library on this server "
-            "(a folder named by the TLAPP_DATASETS environment variable).",
-            icon=":material/info:",
-        )
-        return
-    st.markdown("Datasets prepared by the instructor. They are shared and read-only; those without masks cannot be used here.")
-    names = [choice.name for choice in library]
-    name = st.selectbox("Library dataset", names, key="seg_library_pick")
-    if st.button("Use this dataset", key="seg_library_use", icon=":material/check:"):
-        choice = library[names.index(name)]
-        store.select_dataset(choice)
-        st.session_state["seg_notice"] = f"Using the library dataset '{choice.name}'."
-        st.rerun()
-
-
 def show_notices() -> None:
     notice = st.session_state.pop("seg_notice", None)
     if notice:
@@ -354,7 +336,11 @@ def show_pairs_tab(store: SegmentationStore) -> None:
     elif source == FILES_SOURCE:
         show_files_upload(store)
     else:
-        show_library(store)
+        library_picker(
+            store, store.workspace.library(), "seg_library",
+            "Datasets prepared by the instructor. They are shared and read-only; those without masks cannot be used here.",
+            lambda name: st.session_state.update(seg_notice=f"Using the library dataset '{name}'."),
+        )
     st.divider()
     st.header("Your segmentation dataset")
     choice = dataset_chooser(store, "seg_chooser", "Dataset to segment", lambda name: st.session_state.update(seg_notice=f"Deleted the segmentation dataset '{name}'."))

@@ -96,8 +96,8 @@ class Segmenter:
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Return class logits at the input size; the frozen stages run as training cached them."""
         with frozen_precision():
-            kept = encode_until(self.model, self.backbone, batch, self.frozen)
-        features = encode_from(self.model, self.backbone, [level.float() for level in kept], self.frozen)
+            frozen_outputs = encode_until(self.model, self.backbone, batch, self.frozen)
+        features = encode_from(self.model, self.backbone, [level.float() for level in frozen_outputs], self.frozen)
         return decode_features(self.model, features, tuple(batch.shape[-2:]))
 
     def predict(self, image: str | Path | bytes | Image.Image, name: str | None = None) -> np.ndarray:
