@@ -2,7 +2,11 @@
 
 Usage (from the repository root):
 
-    python bench/bench_distillation.py [--teacher RUN_DIR] [--out FOLDER]
+    python bench/bench_distillation.py [--teacher RUN_DIR] [--out FOLDER] [--data FOLDER]
+
+The default data is ants vs bees (2 classes). For 37 classes, where the teacher's softened
+probabilities carry more than the labels, pass the pets sample's breed folders:
+--data ../shared/datasets/oxford_pets_sample/images (with another --out, as the teacher differs).
 
 Without --teacher it first trains the teacher (Lite2, all stages frozen, 10 epochs). The
 teacher labels the views of every training image once, with seed 0. Then, for each seed, the

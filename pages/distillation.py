@@ -18,6 +18,7 @@ from tlapp.distillation import (
     compare,
     describe,
     distill,
+    teacher_gain_note,
     temperature_table,
 )
 from tlapp.events import EpochEnd, Progress, to_dict
@@ -225,6 +226,8 @@ def show_distil_tab(ws: Workspace, teachers: list[Run]) -> None:
             f"Teacher: {teacher.info.get('backbone')}, {(teacher.info.get('total_params') or 0) / 1e6:.1f} M parameters, "
             f"classes {', '.join(teacher.classes)}. The students train on the teacher's dataset with the teacher's split."
         )
+        if note := teacher_gain_note(len(teacher.classes)):
+            st.info(note, icon=":material/info:")
         student = choose_student(teacher)
     with loss_column:
         loss = choose_loss()

@@ -100,10 +100,24 @@ def test_unavailable_student_cannot_start(with_teacher):
         assert start.disabled
 
 
+def test_two_class_teacher_gets_a_note(open_page, tmp_path):
+    shapes = tmp_path / "shapes"
+    with zipfile.ZipFile(C01_ZIP) as archive:
+        archive.extractall(shapes, members=[name for name in archive.namelist() if not name.startswith("triangle/")])
+    train(shapes, TrainConfig(epochs=1), tmp_path / "workspaces" / "distilltest" / "runs" / TEACHER_NAME)
+
+    at = open_page()
+    notes = [text for text in texts(at.info) if text.startswith("With 2 classes")]
+    assert len(notes) == 1
+    assert "37 pet breeds" in notes[0]
+    assert not at.button(key="distill_start").disabled
+
+
 def test_distil_compare_and_explore(with_teacher, teacher_run):
     at = with_teacher
     assert at.selectbox(key="distill_teacher_pick").value == TEACHER_NAME
     assert "T²" in " ".join(texts(at.caption))
+    assert not any(text.startswith("With 2 classes") for text in texts(at.info)), "a 3-class teacher gets no note"
     at.slider(key="distill_epochs").set_value(1)
     at.slider(key="distill_views").set_value(1)
     at.slider(key="distill_latency_runs").set_value(1)

@@ -31,7 +31,7 @@ from tlapp.distillation import (
     temperature_table,
 )
 from tlapp.errors import TlappError
-from tlapp.events import Done, EpochEnd, Progress, Stopped, from_dict
+from tlapp.events import Done, EpochEnd, Message, Progress, Stopped, from_dict
 from tlapp.runs import load_predictor, load_run
 from tlapp.training import TrainConfig, train
 from tlapp.weights import WeightsSource
@@ -224,6 +224,21 @@ def test_missing_dataset_asks_for_data(teacher, tmp_path):
         teacher_collection(load_run(copied))
     assert "--data" in error.value.hint
     assert len(teacher_collection(load_run(copied), C01).val) == len(load_run(teacher).evaluation["samples"])
+
+
+def test_two_class_teacher_warning(make_image_folder, tmp_path, distilled):
+    data = make_image_folder({"ant": 8, "bee": 8})
+    teacher_dir = tmp_path / "two_class_teacher"
+    train(data, TrainConfig(epochs=1, batch_size=8), teacher_dir)
+
+    events = list(distill(teacher_dir, small_config(epochs=1, views=1), tmp_path / "student"))
+
+    warnings = [e.text for e in events if isinstance(e, Message) and e.level == "warning"]
+    assert any(text.startswith("With 2 classes the teacher's softened probabilities add little") for text in warnings)
+    assert isinstance(events[-1], Done)
+    # The 3-class teacher gets no such warning.
+    three_class_events, _ = distilled
+    assert not any(isinstance(e, Message) and e.text.startswith("With 2 classes") for e in three_class_events)
 
 
 def test_segmentation_or_unfinished_run_rejected(tmp_path):

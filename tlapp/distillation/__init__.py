@@ -15,6 +15,7 @@ from tlapp.distillation.engine import (
     load_teacher,
     run_distillation,
     teacher_collection,
+    teacher_gain_note,
 )
 from tlapp.distillation.loss import DistillationLoss, soft_targets
 from tlapp.distillation.students import (
@@ -51,5 +52,6 @@ __all__ = [
     "soft_targets",
     "state_dict_mb",
     "teacher_collection",
+    "teacher_gain_note",
     "temperature_table",
 ]

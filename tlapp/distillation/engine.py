@@ -122,6 +122,22 @@ def load_teacher(teacher_run: str | Path | Run) -> tuple[Run, Classifier]:
     return run, model.eval()
 
 
+def teacher_gain_note(num_classes: int) -> str | None:
+    """Return what to expect from the teacher when it has too few classes to teach more than the labels, else None.
+
+    With two classes a softened prediction is one number per view, and a teacher that fits its
+    training images gives back little more than their labels. bench/bench_distillation.py
+    measured it: the students tied on ants vs bees and distillation added 7.7 points on 37 pet breeds.
+    """
+    if num_classes > 2:
+        return None
+    return (
+        "With 2 classes the teacher's softened probabilities add little to the labels: on ants vs bees the "
+        "distilled student was no more accurate than the one trained on the labels alone, while on 37 pet "
+        "breeds distillation added 7.7 points. The comparison still shows how much smaller and faster the student is."
+    )
+
+
 def split_settings(run: Run) -> tuple[int, float]:
     """Return the (seed, validation fraction) that drew a run's train/validation split."""
     split = run.info.get("split") or run.info.get("config", {})
@@ -216,6 +232,8 @@ def prepare(
         f"Teacher {teacher.name}: {len(collection.classes)} classes, {len(collection.train)} training and "
         f"{len(collection.val)} validation images (the teacher's split)."
     )
+    if note := teacher_gain_note(len(collection.classes)):
+        yield Message(note, "warning")
 
     # The frozen stages are the same in every student built from the spec, so one cache serves all.
     student = spec.build(len(collection.classes), dropout=config.dropout)
