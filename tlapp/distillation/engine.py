@@ -127,14 +127,15 @@ def teacher_gain_note(num_classes: int) -> str | None:
 
     With two classes a softened prediction is one number per view, and a teacher that fits its
     training images gives back little more than their labels. bench/bench_distillation.py
-    measured it: the students tied on ants vs bees and distillation added 7.7 points on 37 pet breeds.
+    measured it: the students tied in accuracy on ants vs bees and distillation added 7.7 points on 37 pet breeds.
     """
     if num_classes > 2:
         return None
     return (
         "With 2 classes the teacher's softened probabilities add little to the labels: on ants vs bees the "
-        "distilled student was no more accurate than the one trained on the labels alone, while on 37 pet "
-        "breeds distillation added 7.7 points. The comparison still shows how much smaller and faster the student is."
+        "distilled student was no more accurate than the one trained on the labels alone (only its probabilities "
+        "were better: validation loss 0.24 against 0.33), while on 37 pet breeds distillation added 7.7 points. "
+        "The comparison still shows how much smaller and faster the student is."
     )
 
 
