@@ -88,7 +88,7 @@ def run_events(events) -> object:
         except StopIteration as finished:
             return finished.value
         if isinstance(event, Progress) and event.done == event.total and event.stage in ("teacher", "features"):
-            log(f"  {event.stage}: {event.total} images, {event.elapsed:.0f} s")
+            log(f"  {event.message}: done at {event.elapsed:.0f} s")
         if isinstance(event, (Done, Stopped)):
             return event.metrics
 

@@ -6,9 +6,11 @@ import io
 import json
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from conftest import HARDCASES
 from tlapp import backbones as bb
@@ -24,12 +26,14 @@ from tlapp.distillation import (
     describe,
     distill,
     get_student,
+    load_teacher,
     measure_latency,
     run_distillation,
     state_dict_mb,
     teacher_collection,
     temperature_table,
 )
+from tlapp.distillation.views import iter_view_set
 from tlapp.errors import TlappError
 from tlapp.events import Done, EpochEnd, Message, Progress, Stopped, from_dict
 from tlapp.runs import load_predictor, load_run
@@ -73,6 +77,28 @@ def test_distill_events(distilled):
     assert isinstance(events[-1], Done)
     logged = [from_dict(json.loads(line)) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert logged == events
+
+
+def test_view_progress_only_grows(teacher):
+    run, model = load_teacher(teacher)
+    spec = get_student("lite0_block4_128")
+    images = [Image.new("RGB", (40, 30), (20 * i, 0, 0)) for i in range(5)]
+    steps = iter_view_set(
+        model, bb.Preprocessing.from_dict(run.info["preprocessing"]), spec.build(3), spec.frozen,
+        spec.preprocessing(), images, 3,
+    )
+
+    done_counts = []
+    while True:
+        try:
+            stage, done, total = next(steps)
+        except StopIteration as finished:
+            views = finished.value
+            break
+        done_counts.append(done)
+    assert done_counts == sorted(done_counts)
+    assert done_counts[-1] == total == 2 * 5 * 3
+    assert views.num_views == 3
 
 
 def test_distill_metrics(distilled):
@@ -161,6 +187,8 @@ def test_cli_rejects_unknown_student(teacher, tmp_path, capsys):
 
     assert status == 2
     assert "unknown student 'nope'" in capsys.readouterr().err
+    # Nothing is written, so the corrected command can use the same --out.
+    assert not (tmp_path / "x").exists()
 
 
 def test_last_batch_of_one(tmp_path):
@@ -241,6 +269,20 @@ def test_two_class_teacher_warning(make_image_folder, tmp_path, distilled):
     # The 3-class teacher gets no such warning.
     three_class_events, _ = distilled
     assert not any(isinstance(e, Message) and e.text.startswith("With 2 classes") for e in three_class_events)
+
+
+@pytest.mark.parametrize("packed", ["wrapper folder", "zip"])
+def test_teacher_split_drawn_again(make_image_folder, tmp_path, packed):
+    data = make_image_folder({"photos/ant": 6, "photos/bee": 6})
+    if packed == "zip":
+        data = Path(shutil.make_archive(str(tmp_path / "photos"), "zip", data))
+    teacher_dir = tmp_path / "teacher"
+    train(data, TrainConfig(epochs=1, batch_size=8), teacher_dir)
+
+    teacher_run = load_run(teacher_dir)
+    assert teacher_run.info["dataset"] == str(data.resolve())
+    collection = teacher_collection(teacher_run)
+    assert sorted(s.relpath for s in collection.val) == sorted(s["relpath"] for s in teacher_run.evaluation["samples"])
 
 
 def test_segmentation_or_unfinished_run_rejected(tmp_path):

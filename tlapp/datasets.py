@@ -82,6 +82,8 @@ class ImageCollection:
     train: list[Sample]
     val: list[Sample]
     report: DatasetReport
+    source: Path | None = None
+    """The folder or zip that was loaded. Sample relpaths are relative to it, and loading it again gives the same split."""
 
 
 class DatasetError(TlappError):
@@ -126,6 +128,7 @@ def load_collection(
     scan = _scan(base, report)
     decoded = _decode_all(scan.candidates)
     collection = _assemble(scan, decoded, report, val_fraction, seed)
+    collection.source = Path(source).expanduser().resolve()
     logger.info(
         "Loaded %d images in %d classes from %s in %.2f s (%d skipped, %d system files ignored)",
         report.num_images,

@@ -451,7 +451,8 @@ def _fit(
             "frozen_stages": frozen,
             "trainable_params": trainable,
             "total_params": total,
-            "dataset": str(collection.root),
+            # What the user loaded (folder or zip), so a teacher's split can be drawn again.
+            "dataset": str(collection.source or collection.root),
         },
         report=collection.report.to_dict(),
         history=history,

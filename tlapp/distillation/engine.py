@@ -109,14 +109,22 @@ class DistillConfig:
 # --- the teacher and its data ---------------------------------------------------------------
 
 
-def load_teacher(teacher_run: str | Path | Run) -> tuple[Run, Classifier]:
-    """Load a finished classification run and its network in eval mode."""
-    run = teacher_run if isinstance(teacher_run, Run) else load_run(teacher_run)
-    if run.task != "classification" or not run.finished:
+def check_teacher(teacher: str | Path | Run) -> Run:
+    """Return the run folder of a teacher, or raise a TlappError when it is not a finished classification run."""
+    run = teacher if isinstance(teacher, Run) else load_run(teacher)
+    if run.task != "classification":
+        raise TlappError(f"Run '{run.name}' cannot be a teacher: it is a {run.task} run.", "Choose a finished classification run.")
+    if not run.finished:
         raise TlappError(
-            f"Run '{run.name}' cannot be a teacher (task {run.task}, model saved: {run.finished}).",
+            f"Run '{run.name}' cannot be a teacher: it has no saved model (it was stopped or failed before one was saved).",
             "Choose a finished classification run.",
         )
+    return run
+
+
+def load_teacher(teacher: str | Path | Run) -> tuple[Run, Classifier]:
+    """Load a finished classification run and its network in eval mode."""
+    run = check_teacher(teacher)
     model = build_model(run.info)
     model.load_state_dict(torch.load(run.path / MODEL_FILE, map_location="cpu", weights_only=True))
     return run, model.eval()
@@ -154,9 +162,9 @@ def teacher_collection(teacher: Run, data: str | Path | None = None) -> ImageCol
     source = Path(data) if data else Path(teacher.info.get("dataset", ""))
     if not data and not source.exists():
         raise TlappError(
-            f"The teacher's dataset folder {source} was not found. A run trained from a zip records the "
-            "temporary folder it was extracted to, which is deleted when that process ends.",
-            "Pass the folder or zip the teacher was trained on (--data on the command line).",
+            f"The teacher's dataset {source} was not found: it was moved, renamed or deleted after training.",
+            "Upload the teacher's dataset again on the Data page under the same name, or pass its folder or zip "
+            "with --data on the command line.",
         )
     seed, val_fraction = split_settings(teacher)
     collection = load_collection(source, val_fraction=val_fraction, seed=seed)
@@ -171,8 +179,8 @@ def teacher_collection(teacher: Run, data: str | Path | None = None) -> ImageCol
     if expected and sorted(expected) != sorted(found):
         missing = sorted(set(expected) - set(found))
         raise TlappError(
-            f"The validation images of {source} differ from those the teacher was evaluated on "
-            f"({len(found)} against {len(expected)}; for example {', '.join(missing[:3]) or 'extra images'}).",
+            f"The validation images of {source.name} differ from those the teacher was evaluated on "
+            f"({len(found)} here, {len(expected)} in its evaluation; not found here: {', '.join(missing[:3]) or 'none'}).",
             "Pass the dataset the teacher was trained on, unchanged.",
         )
     return collection
@@ -479,7 +487,7 @@ def _student_info(trainer: StudentTrainer, teacher: Run, collection: ImageCollec
         "frozen_stages": spec.frozen,
         "trainable_params": trainable,
         "total_params": total,
-        "dataset": str(collection.root),
+        "dataset": str(collection.source or collection.root),
         # A student can teach in turn; its own config does not hold the split settings, so record them.
         "split": dict(zip(("seed", "val_fraction"), split_settings(teacher))),
     }
@@ -501,11 +509,15 @@ def distill(
     student whose weights are not here.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if teacher_run:
         config = replace(config, teacher=str(teacher_run.path if isinstance(teacher_run, Run) else teacher_run))
     if not config.teacher:
         raise TlappError("No teacher run was given.", "Choose a finished classification run as the teacher.")
+    # Problems in the settings fail before the run folder exists, so a corrected rerun can use the same folder.
+    config.validate()
+    get_student(config.student)
+    check_teacher(config.teacher)
+    run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "events.jsonl", "a", encoding="utf-8") as log_file:
         for event in _distill_steps(config, run_dir, stop):
             log_file.write(json.dumps(to_dict(event)) + "\n")

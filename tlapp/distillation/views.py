@@ -105,11 +105,13 @@ def iter_view_set(
 ) -> Generator[Step, None, ViewSet]:
     """Compute the teacher's logits and the student's activations after ``boundary`` stages for every view.
 
-    Yields ``(stage, done, total)`` after each batch and returns the ViewSet. Raises
+    Yields ``(stage, done, total)`` after each batch and returns the ViewSet. ``done`` counts the
+    passes of both networks together (two per view of an image), so it only grows. Raises
     ``tlapp.events.StopRequested`` between batches once ``stop`` is set. The same seed gives
     the same views.
     """
-    total = len(images) * num_views
+    # Each view of an image takes two passes, the teacher's and then the student's.
+    total = 2 * len(images) * num_views
     crop = crop_transform(teacher_preprocessing)
     crop_size = teacher_preprocessing.input_size
     teacher_tensor = crop_to_tensor(teacher_preprocessing, crop_size)
@@ -122,7 +124,7 @@ def iter_view_set(
         else:
             view_images = _random_view(images, crop, seed * 1000 + view)
             to_teacher, to_student = teacher_tensor, student_tensor
-        done = view * len(images)
+        done = 2 * view * len(images)
 
         teacher_pass = iter_teacher_logits(teacher, view_images, to_teacher, stop)
         view_logits = yield from _offset(teacher_pass, "teacher", done, total)
@@ -131,7 +133,7 @@ def iter_view_set(
         student_pass = iter_features(
             student.backbone, boundary, view_images, [to_student], batch_size=CACHE_BATCH_SIZE, stop=stop
         )
-        cache = yield from _offset(student_pass, "features", done, total)
+        cache = yield from _offset(student_pass, "features", done + len(images), total)
         activations.append(cache.views[0])
     return ViewSet(teacher_logits=torch.stack(logits), student=FeatureCache(views=activations, boundary=boundary))
 
