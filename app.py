@@ -39,5 +39,6 @@ def build_navigation():
 
 
 configure_logging()
-st.set_page_config(page_title="tlapp: transfer learning studio", page_icon=":material/neurology:", layout="wide")
+# An emoji icon is drawn in the browser; a Material icon would be fetched from fonts.gstatic.com, which fails offline.
+st.set_page_config(page_title="tlapp: transfer learning studio", page_icon="\N{BRAIN}", layout="wide")
 build_navigation().run()

@@ -195,6 +195,9 @@ def test_browser_upload_train_evaluate_predict(server, tmp_path):
         browser = launch_browser(playwright)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(STEP_TIMEOUT_MS)
+        # A laptop without internet must get the whole app from the server: no request may leave it.
+        elsewhere: list[str] = []
+        page.on("request", lambda request: None if request.url.startswith((base_url, "data:", "blob:")) else elsewhere.append(request.url))
         try:
             # Data: upload the zip through the page's uploader.
             open_page(page, base_url, "data")
@@ -251,5 +254,6 @@ def test_browser_upload_train_evaluate_predict(server, tmp_path):
             assert len(bars) == 1
             assert page.get_by_text("my_triangle.jpg").count() >= 1
             shot(page, "predict")
+            assert elsewhere == [], f"requests to other hosts: {elsewhere[:5]}"
         finally:
             browser.close()
