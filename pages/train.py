@@ -354,7 +354,19 @@ if busy:
     st.caption("One run at a time per workspace: wait for this one or stop it.")
 
 st.divider()
-followed = run_to_follow(ws.id, "train", ws.runs_dir, "train_run", lambda: next(iter(ws.run_dirs()), None))
+def newest_training_run(ws: Workspace) -> Path | None:
+    """Return the newest run folder that this page trained: distilled students share the runs folder."""
+    for run_dir in ws.run_dirs():
+        job = get_manager().latest(run_dir)
+        if job is not None and job.kind != "train":
+            continue
+        if job is None and (run_dir / "run.json").is_file() and load_run(run_dir).info.get("model_type") == "student":
+            continue
+        return run_dir
+    return None
+
+
+followed = run_to_follow(ws.id, "train", ws.runs_dir, "train_run", lambda: newest_training_run(ws))
 if followed is not None:
     st.header("Current run")
     follow_run(followed, draw_run)

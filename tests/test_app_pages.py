@@ -305,6 +305,22 @@ def test_run_of_dead_server_shown_interrupted(app, tmp_path):
     assert list(runs["status"]) == ["interrupted"]
 
 
+def test_train_page_follows_training_not_students(app, tmp_path):
+    pick_library_dataset(app)
+    runs = tmp_path / "workspaces" / "apptest" / "runs"
+    trained = runs / "2024-01-01_000000_efficientnet_lite0"
+    trained.mkdir(parents=True)
+    (trained / "events.jsonl").write_text(json.dumps(to_dict(Message("50 images in 2 classes"))) + "\n", encoding="utf-8")
+    student = runs / "2024-01-02_000000_distill_lite0_block6a_160"
+    student.mkdir()
+    (student / "run.json").write_text(json.dumps({"task": "classification", "model_type": "student", "classes": ["a", "b"]}))
+
+    at = app("pages/train.py")
+    headlines = [markdown.value for markdown in at.markdown if markdown.value.startswith("**Run ")]
+    assert len(headlines) == 1
+    assert headlines[0].startswith(f"**Run {trained.name}**: interrupted")
+
+
 def test_interrupted_run_keeps_its_settings(app, tmp_path):
     # A run cut off before its first epoch has no run.json; its config.json names its settings.
     from tlapp.runs import write_config
