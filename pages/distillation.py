@@ -202,6 +202,12 @@ def draw_run(run_dir: Path, job: Job | None, status: str) -> None:
             st.rerun(scope="app")
     elif status == INTERRUPTED:
         st.caption("This run never finished. Start a new one; the folder can be deleted on the Train page.")
+    elif status == "stopped":
+        st.info(
+            "Stopped before the students finished an epoch, so nothing was saved. Start a new run; this folder can be "
+            "deleted on the Train page.",
+            icon=":material/info:",
+        )
 
 
 def draw_progress(events: list) -> None:

@@ -12,6 +12,7 @@ from conftest import HARDCASES
 from streamlit.testing.v1 import AppTest
 
 from tlapp.distillation import STUDENTS
+from tlapp.events import Stopped, to_dict
 from tlapp.jobs import get_manager
 from tlapp.runs import load_run
 from tlapp.training import TrainConfig, train
@@ -98,6 +99,20 @@ def test_unavailable_student_cannot_start(with_teacher):
     else:
         assert reason in at.warning[0].value
         assert start.disabled
+
+
+def test_stop_before_any_epoch_explained(with_teacher, tmp_path):
+    run_dir = tmp_path / "workspaces" / "distilltest" / "runs" / "2024-01-02_000000_distill_lite0_block6a_160"
+    run_dir.mkdir()
+    (run_dir / "events.jsonl").write_text(json.dumps(to_dict(Stopped(str(run_dir), None))) + "\n", encoding="utf-8")
+
+    at = with_teacher
+    at.session_state["distill_run"] = run_dir.name
+    at.run()
+
+    assert not at.exception, [item.value for item in at.exception]
+    assert any(text.startswith("Stopped before the students finished an epoch") for text in texts(at.info))
+    assert not at.success
 
 
 def test_two_class_teacher_gets_a_note(open_page, tmp_path):
