@@ -15,7 +15,7 @@ from tlapp.errors import TlappError
 from tlapp.events import EpochEnd, Failed, Message, to_dict
 from tlapp.images import ImageError, load_rgb
 from tlapp.jobs import FINAL_STATUSES, INTERRUPTED, Job, get_manager, run_status
-from tlapp.runs import read_events
+from tlapp.runs import Run, read_events
 from tlapp.workspace import WORKSPACE, DatasetChoice, Workspace, dataset_fingerprint, is_valid_workspace_id, new_workspace_id
 
 log = logging.getLogger("tlapp.app")
@@ -178,6 +178,15 @@ def epoch_history(run_dir: Path) -> list[dict]:
 def plural(count: int, singular: str, plural_form: str | None = None) -> str:
     """Return the count with its noun: ``plural(1, "photo")`` is "1 photo", ``plural(3, "photo")`` "3 photos"."""
     return f"{count} {singular if count == 1 else plural_form or singular + 's'}"
+
+
+def model_description(run: Run) -> str:
+    """Describe a run's network for run lists: its backbone and frozen stages, or which student it is."""
+    info = run.info
+    if info.get("model_type") == "student":
+        kind = "distilled student" if info.get("teacher") else "student trained on the labels alone"
+        return f"{kind} {info.get('student')}"
+    return f"{info.get('backbone')}, {info.get('frozen_stages')} stages frozen"
 
 
 def format_seconds(seconds: float | None) -> str:

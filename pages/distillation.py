@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages._common import TRAIN, draw_job, engine_errors, follow_run, format_seconds, require, run_to_follow, thumbnail, workspace
+from pages._common import TRAIN, draw_job, engine_errors, follow_run, format_seconds, plural, require, run_to_follow, thumbnail, workspace
 from tlapp.charts import accuracy_latency_figure, distillation_curves_figure, model_size_figure, temperature_figure
 from tlapp.distillation import (
     DISTILLED,
@@ -279,14 +279,8 @@ def _distillation_label(run: Run) -> str:
     metrics = run.metrics
     return (
         f"{run.name} (student {metrics.get('student_name')}, T = {metrics.get('temperature'):g}, "
-        f"alpha = {metrics.get('alpha'):g}, {_count(metrics.get('epochs_run'), 'epoch')})"
+        f"alpha = {metrics.get('alpha'):g}, {plural(metrics.get('epochs_run'), 'epoch')})"
     )
-
-
-def _count(number, noun: str) -> str:
-    if number == 1:
-        return f"{number} {noun}"
-    return f"{number} {noun}es" if noun.endswith("s") else f"{number} {noun}s"
 
 
 def accuracy_table(rows: list[dict], classes: list[str]) -> pd.DataFrame:
@@ -349,7 +343,7 @@ def show_comparison(run: Run) -> None:
         },
     )
     num_val = metrics.get("num_val_images") or 0
-    st.caption(f"Accuracy on the teacher's {_count(num_val, 'validation image')}, where one image is {100 / max(num_val, 1):.2g} %.")
+    st.caption(f"Accuracy on the teacher's {plural(num_val, 'validation image')}, where one image is {100 / max(num_val, 1):.2g} %.")
 
     milliseconds = st.column_config.NumberColumn(format="%.1f")
     st.dataframe(
@@ -366,7 +360,7 @@ def show_comparison(run: Run) -> None:
     passes = run.info.get("config", {}).get("latency_runs")
     if passes:
         st.caption(
-            f"CPU time per image on this server, the median of {_count(passes, 'timed pass')} per model. "
+            f"CPU time per image on this server, the median of {plural(passes, 'timed pass', 'timed passes')} per model. "
             "Other work on the server slows every model alike, but a single pass can still be off."
         )
     else:

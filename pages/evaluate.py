@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages._common import PREDICT, TRAIN, engine_errors, image_grid, link, require, thumbnail, workspace
+from pages._common import PREDICT, TRAIN, engine_errors, image_grid, link, model_description, require, thumbnail, workspace
 from tlapp.charts import confusion_figure, curves_figure
 from tlapp.evaluation import cell_samples, misclassified
 from tlapp.runs import Run, list_runs
@@ -29,8 +29,7 @@ def choose_run(runs: list[Run]) -> Run:
 
 def _run_label(run: Run) -> str:
     accuracy = run.metrics.get("val_accuracy")
-    frozen = run.info.get("frozen_stages")
-    details = f"{run.info.get('backbone')}, {frozen} stages frozen"
+    details = model_description(run)
     return f"{run.name} ({details}, {accuracy:.1%})" if accuracy is not None else f"{run.name} ({details})"
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from pages._common import IMAGE_FORMATS_CAPTION, TRAIN, engine_errors, plural, require, workspace
+from pages._common import IMAGE_FORMATS_CAPTION, TRAIN, engine_errors, model_description, plural, require, workspace
 from tlapp.charts import top_classes_figure
 from tlapp.images import ImageError, load_rgb
 from tlapp.runs import Run, list_runs, load_predictor
@@ -33,7 +33,7 @@ def choose_run(runs: list[Run]) -> Run:
 def _run_label(run: Run) -> str:
     accuracy = run.metrics.get("val_accuracy")
     suffix = f", validation accuracy {accuracy:.1%}" if accuracy is not None else ""
-    return f"{run.name} ({run.info.get('backbone')}{suffix})"
+    return f"{run.name} ({model_description(run)}{suffix})"
 
 
 def collect_inputs() -> list:

@@ -11,7 +11,7 @@ import pytest
 from conftest import HARDCASES
 from streamlit.testing.v1 import AppTest
 
-from tlapp.distillation import STUDENTS
+from tlapp.distillation import DEFAULT_STUDENT, STUDENTS
 from tlapp.events import Stopped, to_dict
 from tlapp.jobs import get_manager
 from tlapp.runs import load_run
@@ -194,3 +194,11 @@ def test_distil_compare_and_explore(with_teacher, teacher_run):
     at.file_uploader(key="distill_temperature_upload").set_value(("download.jpg", H09_POISON.read_bytes(), "image/jpeg")).run()
     assert not at.exception, [item.value for item in at.exception]
     assert "download.jpg" in at.error[0].value
+
+    # Predict and Evaluate name the student as a student, not by the backbone it was cut from.
+    for page in ("pages/predict.py", "pages/evaluate.py"):
+        at.switch_page(page).run()
+        assert not at.exception, [item.value for item in at.exception]
+        labels = at.selectbox[0].options
+        assert any(f"(distilled student {STUDENTS[DEFAULT_STUDENT].name}" in label for label in labels), labels
+        assert any(f"({teacher.info['backbone']}, {teacher.info['frozen_stages']} stages frozen" in label for label in labels), labels
