@@ -283,17 +283,21 @@ def _distillation_label(run: Run) -> str:
     )
 
 
+def _percent(share: float | None) -> float | None:
+    return None if share is None else 100 * share
+
+
 def accuracy_table(rows: list[dict], classes: list[str]) -> pd.DataFrame:
-    """Return one row per model: its accuracy overall and per class, and its agreement with the teacher."""
+    """Return one row per model: its accuracy overall and per class and its agreement with the teacher, in percent."""
     records = []
     for row in rows:
         per_class = row.get("per_class_accuracy", {})
         records.append(
             {
                 "model": row["label"],
-                "validation accuracy": row["val_accuracy"],
-                **{f"accuracy on {label}": per_class.get(label) for label in classes},
-                "agreement with the teacher": row.get("agreement"),
+                "validation accuracy": _percent(row["val_accuracy"]),
+                **{f"accuracy on {label}": _percent(per_class.get(label)) for label in classes},
+                "agreement with the teacher": _percent(row.get("agreement")),
                 "validation loss": row.get("val_loss"),
             }
         )
@@ -322,7 +326,8 @@ def show_comparison(run: Run) -> None:
         rows = compare(run.path)
     classes = run.classes
     metrics = run.metrics
-    percent = st.column_config.NumberColumn(format="percent")
+    # One decimal everywhere: Streamlit's "percent" format drops trailing zeros (90 %, 90.2 %, 94.77 %).
+    percent = st.column_config.NumberColumn(format="%.1f %%")
     st.dataframe(
         accuracy_table(rows, classes),
         hide_index=True,
@@ -331,7 +336,7 @@ def show_comparison(run: Run) -> None:
             "validation accuracy": percent,
             **{f"accuracy on {label}": percent for label in classes},
             "agreement with the teacher": st.column_config.NumberColumn(
-                format="percent", help="Share of validation images on which the model predicts the same class as the teacher."
+                format="%.1f %%", help="Share of validation images on which the model predicts the same class as the teacher."
             ),
             "validation loss": st.column_config.NumberColumn(
                 format="%.3f",
