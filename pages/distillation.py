@@ -373,7 +373,13 @@ def show_comparison(run: Run) -> None:
     show_summary(metrics)
     charts = st.columns(2)
     with charts[0]:
-        st.plotly_chart(accuracy_latency_figure(rows), key="distill_accuracy_latency", config=STATIC_CHART)
+        if passes:
+            st.plotly_chart(accuracy_latency_figure(rows), key="distill_accuracy_latency", config=STATIC_CHART)
+        else:
+            st.info(
+                "Accuracy against speed needs the CPU times: start a run with at least one timed pass (More settings).",
+                icon=":material/info:",
+            )
     with charts[1]:
         st.plotly_chart(model_size_figure(rows), key="distill_model_size", config=STATIC_CHART)
     with st.expander("Training curves of both students"):

@@ -11,7 +11,7 @@ import pytest
 from conftest import HARDCASES
 from streamlit.testing.v1 import AppTest
 
-from tlapp.distillation import DEFAULT_STUDENT, STUDENTS
+from tlapp.distillation import DEFAULT_STUDENT, STUDENTS, DistillConfig, run_distillation
 from tlapp.events import Stopped, to_dict
 from tlapp.jobs import get_manager
 from tlapp.runs import load_run
@@ -113,6 +113,19 @@ def test_stop_before_any_epoch_explained(with_teacher, tmp_path):
     assert not at.exception, [item.value for item in at.exception]
     assert any(text.startswith("Stopped before the students finished an epoch") for text in texts(at.info))
     assert not at.success
+
+
+def test_unmeasured_speed_explained(with_teacher, tmp_path):
+    runs = tmp_path / "workspaces" / "distilltest" / "runs"
+    config = DistillConfig(student="lite0_block4_128", views=1, epochs=1, latency_runs=0)
+    run_distillation(runs / TEACHER_NAME, config, runs / "2024-01-02_000000_distill_lite0_block4_128")
+
+    at = open_tab(with_teacher, "Compare")
+
+    assert "The CPU time was not measured (0 timed passes)." in texts(at.caption)
+    assert any(text.startswith("Accuracy against speed needs the CPU times") for text in texts(at.info))
+    assert not titled(at, "Accuracy against speed")
+    assert titled(at, "Model size")
 
 
 def test_two_class_teacher_gets_a_note(open_page, tmp_path):
