@@ -189,6 +189,29 @@ def model_description(run: Run) -> str:
     return f"{info.get('backbone')}, {info.get('frozen_stages')} stages frozen"
 
 
+def classifier_label(run: Run) -> str:
+    """Return a classification run's name with its network and validation accuracy."""
+    accuracy = run.metrics.get("val_accuracy")
+    suffix = f", validation accuracy {accuracy:.1%}" if accuracy is not None else ""
+    return f"{run.name} ({model_description(run)}{suffix})"
+
+
+def choose_run(
+    runs: list[Run], key: str, *, started_key: str = "train_run", label: Callable[[Run], str] = classifier_label
+) -> Run:
+    """Show the run selectbox, starting on the run named in ``st.session_state[started_key]``; return the chosen run."""
+    names = [run.name for run in runs]
+    preferred = st.session_state.get(started_key)
+    name = st.selectbox(
+        "Run",
+        names,
+        index=names.index(preferred) if preferred in names else 0,
+        key=key,
+        format_func=lambda name: label(runs[names.index(name)]),
+    )
+    return runs[names.index(name)]
+
+
 def format_seconds(seconds: float | None) -> str:
     """Return a duration as "45 s", "3 min 20 s" or "1 h 05 min"."""
     if seconds is None:

@@ -5,32 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages._common import PREDICT, TRAIN, engine_errors, image_grid, link, model_description, require, thumbnail, workspace
+from pages._common import PREDICT, TRAIN, choose_run, engine_errors, image_grid, link, require, thumbnail, workspace
 from tlapp.charts import confusion_figure, curves_figure
 from tlapp.evaluation import cell_samples, misclassified
 from tlapp.runs import Run, list_runs
 
 MAX_GALLERY = 24
-
-
-def choose_run(runs: list[Run]) -> Run:
-    names = [run.name for run in runs]
-    preferred = st.session_state.get("train_run")
-    index = names.index(preferred) if preferred in names else 0
-    name = st.selectbox(
-        "Run",
-        names,
-        index=index,
-        key="evaluate_run",
-        format_func=lambda key: _run_label(runs[names.index(key)]),
-    )
-    return runs[names.index(name)]
-
-
-def _run_label(run: Run) -> str:
-    accuracy = run.metrics.get("val_accuracy")
-    details = model_description(run)
-    return f"{run.name} ({details}, {accuracy:.1%})" if accuracy is not None else f"{run.name} ({details})"
 
 
 def show_metrics(run: Run) -> None:
@@ -154,7 +134,7 @@ st.markdown("How well does a run classify the validation photos, which it never 
 with engine_errors("reading the runs"):
     runs = [run for run in list_runs(ws.runs_dir) if run.task == "classification" and run.evaluation]
 require(bool(runs), "No finished run yet: train a model first.", TRAIN, "Go to 2. Train")
-run = choose_run(runs)
+run = choose_run(runs, "evaluate_run")
 show_metrics(run)
 show_confusion(run)
 show_mistakes(run)

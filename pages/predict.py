@@ -8,32 +8,13 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from pages._common import IMAGE_FORMATS_CAPTION, TRAIN, engine_errors, model_description, plural, require, workspace
+from pages._common import IMAGE_FORMATS_CAPTION, TRAIN, choose_run, engine_errors, plural, require, workspace
 from tlapp.charts import top_classes_figure
 from tlapp.images import ImageError, load_rgb
-from tlapp.runs import Run, list_runs, load_predictor
+from tlapp.runs import list_runs, load_predictor
 
 TOP_CLASSES = 5
 MAX_CHARTS = 20  # beyond this many photos, only the table shows them
-
-
-def choose_run(runs: list[Run]) -> Run:
-    names = [run.name for run in runs]
-    preferred = st.session_state.get("train_run")
-    name = st.selectbox(
-        "Run",
-        names,
-        index=names.index(preferred) if preferred in names else 0,
-        key="predict_run",
-        format_func=lambda key: _run_label(runs[names.index(key)]),
-    )
-    return runs[names.index(name)]
-
-
-def _run_label(run: Run) -> str:
-    accuracy = run.metrics.get("val_accuracy")
-    suffix = f", validation accuracy {accuracy:.1%}" if accuracy is not None else ""
-    return f"{run.name} ({model_description(run)}{suffix})"
 
 
 def collect_inputs() -> list:
@@ -123,7 +104,7 @@ st.markdown("Classify photos the model has never seen. The photo is prepared exa
 with engine_errors("reading the runs"):
     runs = [run for run in list_runs(ws.runs_dir) if run.task == "classification" and run.finished]
 require(bool(runs), "No trained model yet: train one first.", TRAIN, "Go to 2. Train")
-run = choose_run(runs)
+run = choose_run(runs, "predict_run")
 st.caption(f"Classes: {', '.join(run.classes)}")
 files = collect_inputs()
 if not files:

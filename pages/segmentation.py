@@ -15,6 +15,7 @@ from pages._common import (
     STATUS_LABELS,
     THUMBNAIL_SIDE,
     WEIGHTS_STATUS,
+    choose_run,
     dataset_chooser,
     library_picker,
     draw_job,
@@ -24,6 +25,7 @@ from pages._common import (
     run_to_follow,
     format_seconds,
     image_grid,
+    model_description,
     show_error,
     workspace,
 )
@@ -551,22 +553,9 @@ def show_train_tab(ws_id: str, store: SegmentationStore) -> None:
 # --- Results tab --------------------------------------------------------------------------------
 
 
-def choose_run(runs: list[Run], key: str) -> Run:
-    names = [run.name for run in runs]
-    preferred = st.session_state.get("seg_run")
-    name = st.selectbox(
-        "Run",
-        names,
-        index=names.index(preferred) if preferred in names else 0,
-        key=key,
-        format_func=lambda value: _run_label(runs[names.index(value)]),
-    )
-    return runs[names.index(name)]
-
-
 def _run_label(run: Run) -> str:
     iou = run.metrics.get("val_iou")
-    details = f"{run.info.get('backbone')}, {run.info.get('frozen_stages')} stages frozen"
+    details = model_description(run)
     return f"{run.name} ({details}, IoU {iou:.1%})" if iou is not None else f"{run.name} ({details})"
 
 
@@ -674,7 +663,7 @@ def show_results_tab(store: SegmentationStore) -> None:
     if store.run_dirs():
         show_runs_table(store)
     require_here(bool(runs), "No finished segmentation run yet: train one first.", TRAIN_TAB, "Go to the Train tab")
-    run = choose_run(runs, "seg_results_run")
+    run = choose_run(runs, "seg_results_run", started_key="seg_run", label=_run_label)
     show_scores(run.metrics)
     show_per_class(run)
     samples = run.evaluation.get("samples", [])
@@ -699,7 +688,7 @@ def show_results_tab(store: SegmentationStore) -> None:
 def show_predict_tab(store: SegmentationStore) -> None:
     runs = finished_runs(store)
     require_here(bool(runs), "No trained segmentation model yet: train one first.", TRAIN_TAB, "Go to the Train tab")
-    run = choose_run(runs, "seg_predict_run")
+    run = choose_run(runs, "seg_predict_run", started_key="seg_run", label=_run_label)
     st.caption(f"Classes: {', '.join(run.classes)}")
     files = st.file_uploader("Images to segment", type=UPLOAD_TYPES, accept_multiple_files=True, key="seg_predict_files")
     if not files:
