@@ -199,7 +199,7 @@ def classifier_label(run: Run) -> str:
 def choose_run(
     runs: list[Run], key: str, *, started_key: str = "train_run", label: Callable[[Run], str] = classifier_label
 ) -> Run:
-    """Show the run selectbox, starting on the run named in ``st.session_state[started_key]``; return the chosen run."""
+    """Show the run selectbox, starting on the run named in ``st.session_state[started_key]``, and return the chosen run."""
     names = [run.name for run in runs]
     preferred = st.session_state.get(started_key)
     name = st.selectbox(

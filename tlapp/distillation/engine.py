@@ -110,7 +110,7 @@ class DistillConfig:
 
 
 def check_teacher(teacher: str | Path | Run) -> Run:
-    """Return the run folder of a teacher, or raise a TlappError when it is not a finished classification run."""
+    """Return the teacher's run, or raise a TlappError when it is not a finished classification run."""
     run = teacher if isinstance(teacher, Run) else load_run(teacher)
     if run.task != "classification":
         raise TlappError(f"Run '{run.name}' cannot be a teacher: it is a {run.task} run.", "Choose a finished classification run.")
@@ -515,7 +515,6 @@ def distill(
         raise TlappError("No teacher run was given.", "Choose a finished classification run as the teacher.")
     # Problems in the settings fail before the run folder exists, so a corrected rerun can use the same folder.
     config.validate()
-    get_student(config.student)
     check_teacher(config.teacher)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "events.jsonl", "a", encoding="utf-8") as log_file:

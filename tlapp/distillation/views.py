@@ -24,7 +24,7 @@ from tlapp.training import Classifier
 # Images per forward pass while caching.
 CACHE_BATCH_SIZE = 16
 
-# (stage, images done, images in the stage) after each batch; stage is "teacher" or "features".
+# (stage, done, total) after each batch, where stage is "teacher" or "features" and the counts are network passes.
 Step = tuple[str, int, int]
 
 
